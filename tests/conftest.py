@@ -1,0 +1,94 @@
+"""Shared fixtures: tiny GLUE-format data written in the real layout, and a tiny random BERT teacher."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+POSITIVE = ["good", "great", "lovely", "charming", "moving", "superb", "funny", "clever"]
+NEGATIVE = ["bad", "awful", "dull", "boring", "weak", "tedious", "clumsy", "lifeless"]
+FILLER = ["the", "film", "is", "a", "story", "with", "acting", "and", "plot", "really", "quite", "very"]
+
+
+def make_sentence(rng: random.Random, positive: bool) -> str:
+    """A short lower-cased sentence whose sentiment word decides its label."""
+    words = rng.sample(FILLER, rng.randint(2, 6))
+    words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if positive else NEGATIVE))
+    return " ".join(words)
+
+
+def write_sst2(glue_dir: Path, n_train: int = 80, n_dev: int = 40, seed: int = 0) -> Path:
+    """SST-2 in GLUE layout: ``sentence<TAB>label`` with a header, trailing space as in the real files."""
+    rng = random.Random(seed)
+    task_dir = glue_dir / "SST-2"
+    task_dir.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        rows = ["sentence\tlabel"]
+        for i in range(n):
+            label = i % 2
+            rows.append(f"{make_sentence(rng, bool(label))} \t{label}")
+        (task_dir / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return glue_dir
+
+
+def build_tiny_bert(out_dir: Path) -> Path:
+    """Save a tiny randomly initialised BERT encoder (no task head) with a WordPiece tokenizer."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    words = sorted(set(POSITIVE + NEGATIVE + FILLER + list("abcdefghijklmnopqrstuvwxyz.,'!?")))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    vocab_file = out_dir / "vocab.txt"
+    vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=37, max_position_embeddings=64,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture()
+def glue_dir(tmp_path: Path) -> Path:
+    return write_sst2(tmp_path / "glue")
+
+
+def tiny_params(glue_dir: Path, teacher_checkpoint: Path, **sections: dict) -> dict:
+    """params.yaml content for fast end-to-end runs on tiny data (repo defaults, shrunk)."""
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["data"]["glue_dir"] = str(glue_dir)
+    params["teacher"].update(checkpoint=str(teacher_checkpoint), epochs=2, batch_size=16, learning_rate=1e-3, max_length=32)
+    params["augment"].update(n_iter_single=3, n_iter_pair=2)
+    params["score"].update(batch_size=32, shard_rows=100, max_length=32)
+    params["bilstm"].update(hidden_size=16, fc_hidden=16, max_length=16)
+    params["student"].update(epochs=2, batch_size=16)
+    params["baseline"].update(epochs=2, batch_size=16)
+    params["evaluate"].update(speed_examples=16, speed_batch_sizes=[1, 8])
+    for name, values in sections.items():
+        params[name].update(values)
+    return params
+
+
+def copy_project(dest: Path) -> Path:
+    """Copy the pipeline's sources (not data or models) into ``dest`` as a fresh git + DVC project."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(REPO_ROOT / name, dest / name)
+    shutil.copytree(REPO_ROOT / "pipeline", dest / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest

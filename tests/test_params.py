@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.params import GLUE_DIR_ENV, ParamsError, load_params
+from tests.conftest import REPO_ROOT
+
+
+def write(tmp_path: Path, content: dict | str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+    return path
+
+
+def repo_params() -> dict:
+    return yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+
+
+def test_repo_params_load_with_paper_defaults():
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert (params.augment.p_mask, params.augment.p_pos, params.augment.p_ng) == (0.1, 0.1, 0.25)
+    assert (params.augment.n_iter_single, params.augment.n_iter_pair) == (20, 10)
+    assert params.bilstm.hidden_size == 150
+    assert params.student.alpha == 0.0
+    assert params.teacher.checkpoint == "packaged:all-MiniLM-L6-v2"
+
+
+def test_unknown_key_is_named(tmp_path):
+    raw = repo_params()
+    raw["augment"]["p_maks"] = 0.2
+    with pytest.raises(ParamsError, match=r"params.yaml: augment.p_maks: Extra inputs"):
+        load_params(write(tmp_path, raw))
+
+
+def test_wrong_type_is_named(tmp_path):
+    raw = repo_params()
+    raw["student"]["epochs"] = "many"
+    with pytest.raises(ParamsError, match=r"student.epochs"):
+        load_params(write(tmp_path, raw))
+
+
+def test_out_of_range_and_cross_field_checks(tmp_path):
+    raw = repo_params()
+    raw["augment"].update(p_mask=0.7, p_pos=0.6)
+    with pytest.raises(ParamsError, match="p_mask \\+ p_pos"):
+        load_params(write(tmp_path, raw))
+    raw = repo_params()
+    raw["augment"]["p_ng"] = 1.5
+    with pytest.raises(ParamsError, match="augment.p_ng"):
+        load_params(write(tmp_path, raw))
+
+
+def test_unknown_task_and_bad_yaml(tmp_path):
+    raw = repo_params()
+    raw["tasks"] = ["sst2", "squad"]
+    with pytest.raises(ParamsError, match="unknown task 'squad'"):
+        load_params(write(tmp_path, raw))
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(write(tmp_path, "seed: [1,"))
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "absent.yaml")
+
+
+def test_glue_dir_env_override(tmp_path, monkeypatch):
+    params = load_params(REPO_ROOT / "params.yaml")
+    monkeypatch.setenv(GLUE_DIR_ENV, str(tmp_path))
+    assert params.data.resolved_glue_dir() == tmp_path
+    monkeypatch.delenv(GLUE_DIR_ENV)
+    assert params.data.resolved_glue_dir() == Path("../shared/data/glue")
