@@ -39,14 +39,12 @@ def write_sst2(glue_dir: Path, n_train: int = 80, n_dev: int = 40, seed: int = 0
 
 def build_tiny_bert(out_dir: Path) -> Path:
     """Save a tiny randomly initialised BERT encoder (no task head) with a WordPiece tokenizer."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel, BertTokenizer
 
     out_dir.mkdir(parents=True, exist_ok=True)
     words = sorted(set(POSITIVE + NEGATIVE + FILLER + list("abcdefghijklmnopqrstuvwxyz.,'!?")))
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
-    vocab_file = out_dir / "vocab.txt"
-    vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=37, max_position_embeddings=64,
