@@ -85,7 +85,7 @@ def student(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> Non
 
     with _stage(task, params) as (spec, hp):
         train_student(
-            spec, hp, paths.shard_dir(spec.name), paths.PREPARED_DIR / spec.name, paths.teacher_dir(spec.name),
+            spec, hp, paths.shard_dir(spec.name), paths.PREPARED_DIR, paths.teacher_dir(spec.name),
             paths.student_dir(spec.name), paths.training_curve(spec.name, "student"),
         )
 
@@ -97,7 +97,7 @@ def baseline(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> No
 
     with _stage(task, params) as (spec, hp):
         train_baseline(
-            spec, hp, paths.PREPARED_DIR / spec.name, paths.teacher_dir(spec.name),
+            spec, hp, paths.PREPARED_DIR, paths.teacher_dir(spec.name),
             paths.baseline_dir(spec.name), paths.training_curve(spec.name, "baseline"),
         )
 

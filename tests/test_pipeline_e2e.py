@@ -1,0 +1,126 @@
+"""End-to-end: the real DVC stages on tiny data with a tiny random BERT, and incremental reruns."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import copy_project, tiny_params, write_sst2
+
+STAGE_RUN = re.compile(r"Running stage '([^']+)'")
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("DISTILLERY_GLUE_DIR", None)
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], cwd, check)
+
+
+def stages_run(result: subprocess.CompletedProcess) -> set[str]:
+    return set(STAGE_RUN.findall(result.stdout + result.stderr))
+
+
+def set_params(project: Path, section: str, **values) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_bert_dir) -> Path:
+    root = tmp_path_factory.mktemp("e2e")
+    glue = write_sst2(root / "glue", n_train=60, n_dev=30)
+    proj = copy_project(root / "proj")
+    (proj / "params.yaml").write_text(yaml.safe_dump(tiny_params(glue, tiny_bert_dir), sort_keys=False))
+    run(["git", "init", "-q"], proj)
+    dvc("init", "-q", cwd=proj)
+    return proj
+
+
+def test_repro_runs_every_stage_and_reports_metrics(project):
+    result = dvc("repro", cwd=project)
+    assert stages_run(result) == {
+        f"{stage}@sst2" for stage in ("prepare", "teacher", "augment", "score", "student", "baseline", "evaluate")
+    }
+    report = json.loads((project / "metrics" / "sst2.json").read_text())
+    for model in ("teacher", "student", "baseline"):
+        assert 0.0 <= report["quality"]["dev"][model]["accuracy"] <= 1.0
+        assert report["cpu_sentences_per_second"]["batch_1"][model] > 0
+    assert report["parameters"]["teacher"]["total"] > report["parameters"]["student"]["without_embeddings"]
+    assert "| student |" in (project / "metrics" / "sst2.md").read_text()
+    manifest = json.loads((project / "data" / "logits" / "sst2" / "_manifest.json").read_text())
+    assert manifest["num_rows"] > 60
+    for model in ("teacher", "student", "baseline"):
+        assert (project / "plots" / "sst2" / f"{model}.csv").read_text().startswith("epoch,")
+
+    assert "up to date" in dvc("status", cwd=project).stdout
+    metrics = dvc("metrics", "show", cwd=project).stdout
+    assert "metrics/sst2.json" in metrics and "quality.dev.student.accuracy" in metrics
+    plots = dvc("plots", "show", "-o", str(project / "plots-html"), cwd=project)
+    assert (project / "plots-html" / "index.html").is_file(), plots.stdout
+
+
+def test_augment_param_reruns_only_downstream_stages(project):
+    set_params(project, "augment", p_mask=0.2)
+    status = dvc("status", cwd=project).stdout
+    assert "augment@sst2" in status and "teacher@sst2" not in status
+    result = dvc("repro", cwd=project)
+    assert stages_run(result) == {"augment@sst2", "score@sst2", "student@sst2", "evaluate@sst2"}
+
+
+def test_student_param_reruns_only_student_and_evaluate(project):
+    set_params(project, "student", alpha=0.5)
+    result = dvc("repro", cwd=project)
+    assert stages_run(result) == {"student@sst2", "evaluate@sst2"}
+    assert "up to date" in dvc("status", cwd=project).stdout
+
+
+def test_evaluate_accepts_any_glue_tsv(project, tmp_path):
+    held_out = write_sst2(tmp_path / "held", n_train=4, n_dev=12, seed=7) / "SST-2" / "dev.tsv"
+    result = run([sys.executable, "-m", "pipeline", "evaluate", "--task", "sst2", "--data", str(held_out),
+                  "--out", str(tmp_path / "held.json")], project)
+    report = json.loads((tmp_path / "held.json").read_text())
+    assert set(report["quality"]) == {"dev"} and set(report["quality"]["dev"]) == {"teacher", "student", "baseline"}
+    assert "| teacher |" in result.stdout
+
+
+def test_bad_params_fail_cleanly_without_outputs(project, tmp_path):
+    bad = tmp_path / "params.yaml"
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["augment"]["p_maks"] = 0.3
+    bad.write_text(yaml.safe_dump(params))
+    result = run([sys.executable, "-m", "pipeline", "augment", "--task", "sst2", "--params", str(bad)], project, check=False)
+    assert result.returncode == 1
+    assert f"error: {bad}: augment.p_maks: Extra inputs are not permitted" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_glue_file_fails_cleanly(project, tmp_path):
+    glue = write_sst2(tmp_path / "glue")
+    train = glue / "SST-2" / "train.tsv"
+    train.write_bytes(train.read_bytes() + b"caf\xe9 au lait\t1\n")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["glue_dir"] = str(glue)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "work"
+    out.mkdir()
+    result = run([sys.executable, "-m", "pipeline", "prepare", "--task", "sst2", "--params", str(tmp_path / "params.yaml")],
+                 out, check=False)
+    assert result.returncode == 1
+    assert f"error: {train}:82: not valid UTF-8" in result.stderr
+    assert not (out / "data").exists()

@@ -1,0 +1,411 @@
+"""BiLSTM student: encoders, model, distillation loss, and end-to-end training on tiny synthetic data."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+from pipeline.metrics import compute_metrics
+from pipeline.params import BiLSTMParams, Params, StudentParams, TrainParams
+from pipeline.schema import prepared_schema, shard_schema
+from pipeline.score import write_manifest
+from pipeline.shards import ShardError
+from pipeline.student.encoding import (
+    StudentEncoder,
+    TokenArray,
+    WordEncoder,
+    build_encoder,
+    build_word_vocab,
+    read_word_vectors,
+)
+from pipeline.student.model import BiLSTMStudent, count_parameters
+from pipeline.student.train import (
+    SparseAdadelta,
+    bucket_batches,
+    distillation_loss,
+    load_model,
+    predict,
+    read_shards,
+    train_baseline,
+    train_student,
+)
+from pipeline.tasks import get_task
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+POSITIVE = ["good", "great", "fine", "lovely"]
+NEGATIVE = ["bad", "awful", "poor", "dull"]
+FILLER = ["the", "a", "movie", "film", "was", "is", "really", "very", "plot", "acting", "and", "."]
+TEACHER_HIDDEN = 32
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT classifier saved with its WordPiece tokenizer."""
+    root = tmp_path_factory.mktemp("teacher")
+    (root / "vocab.txt").write_text("\n".join(SPECIALS + FILLER + POSITIVE + NEGATIVE + ["##s"]) + "\n")
+    tokenizer = BertTokenizer.from_pretrained(root)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TEACHER_HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        num_labels=2,
+    )
+    out = root / "model"
+    BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def tiny_params(epochs: int = 6, alpha: float = 0.0, optimizer: str = "adam", **bilstm: object) -> Params:
+    learning_rate = 0.01 if optimizer == "adam" else 1.0
+    train = {"epochs": epochs, "batch_size": 16, "optimizer": optimizer, "learning_rate": learning_rate, "patience": 3}
+    return Params(
+        bilstm=BiLSTMParams(**{"hidden_size": 16, "fc_hidden": 16, "max_length": 16, "dropout": 0.0, **bilstm}),
+        student=StudentParams(alpha=alpha, **train),
+        baseline=TrainParams(**train),
+    )
+
+
+def sentence(rng: random.Random, positive: bool) -> str:
+    words = rng.choices(FILLER, k=rng.randint(1, 6))
+    words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if positive else NEGATIVE))
+    return " ".join(words)
+
+
+def sentiment_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        rows.append({"id": i, "text_a": sentence(rng, bool(label)), "text_b": None, "label": label})
+    return rows
+
+
+def write_prepared(root: Path, task_name: str, split: str, rows: list[dict]) -> None:
+    table = pa.Table.from_pylist(rows, schema=prepared_schema(get_task(task_name)))
+    (root / task_name).mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, root / task_name / f"{split}.parquet")
+
+
+def write_sst2_shards(shard_dir: Path, n_original: int = 100) -> None:
+    """Originals plus one masked synthetic copy each (label null); teacher logits agree with the sentiment."""
+    rows = []
+    for row in sentiment_rows(n_original, seed=1):
+        logits = [-2.0, 2.0] if row["label"] else [2.0, -2.0]
+        base = {"source_id": row["id"], "text_b": None, "logits": logits}
+        original = {"id": 2 * row["id"], "is_original": True, "text_a": row["text_a"], "label": row["label"], "ops": []}
+        masked = {"id": 2 * row["id"] + 1, "is_original": False, "text_a": "[MASK] " + row["text_a"], "ops": ["mask"]}
+        rows += [{**base, **original}, {**base, **masked, "label": None}]
+    table = pa.Table.from_pylist(rows, schema=shard_schema(get_task("sst2")))
+    shard_dir.mkdir(parents=True)
+    half = len(rows) // 2
+    pq.write_table(table.slice(0, half), shard_dir / "part-00000.parquet")
+    pq.write_table(table.slice(half), shard_dir / "part-00001.parquet")
+    write_manifest(get_task("sst2"), shard_dir, {}, Params())
+
+
+# ---------------------------------------------------------------- model
+
+
+def make_model(pooling: str = "max", pair: bool = False, multichannel: bool = True) -> BiLSTMStudent:
+    """A small model: 20-word vocabulary, 6-d embeddings, 8 LSTM units per direction, 12-unit ReLU layer, 3 outputs."""
+    torch.manual_seed(0)
+    params = BiLSTMParams(hidden_size=8, fc_hidden=12, pooling=pooling, multichannel=multichannel, dropout=0.1)
+    return BiLSTMStudent(params, torch.randn(20, 6), 3, pair)
+
+
+def batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(1, 20, (n,), generator=generator)
+    return ids, torch.tensor(lengths)
+
+
+@pytest.mark.parametrize("pooling", ["max", "last"])
+@pytest.mark.parametrize("pair", [False, True])
+def test_forward_shapes(pooling: str, pair: bool) -> None:
+    model = make_model(pooling, pair)
+    ids_a, lengths_a = batch([3, 5, 1, 2])
+    extra = batch([7, 1, 2, 4], seed=1) if pair else ()
+    assert model(ids_a, lengths_a, *extra).shape == (4, 3)
+
+
+def test_pair_model_needs_second_sentence() -> None:
+    with pytest.raises(ValueError, match="ids_b"):
+        make_model(pair=True)(*batch([2, 3]))
+
+
+@pytest.mark.parametrize("pooling", ["max", "last"])
+@pytest.mark.parametrize("pair", [False, True])
+def test_padding_invariance(pooling: str, pair: bool) -> None:
+    """A sentence's output does not change when it is batched with longer sentences (eval mode)."""
+    model = make_model(pooling, pair).eval()
+    ids_a, lengths_a = batch([3])
+    ids_b, lengths_b = batch([2], seed=5)
+    alone = model(ids_a, lengths_a, *((ids_b, lengths_b) if pair else ()))
+
+    def with_longer(ids: torch.Tensor, lengths: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        others, other_lengths = batch([9, 6], seed=seed)
+        return torch.cat([F.pad(ids, (0, 9 - ids.shape[1])), others]), torch.cat([lengths, other_lengths])
+
+    together = model(*with_longer(ids_a, lengths_a, 2), *(with_longer(ids_b, lengths_b, 3) if pair else ()))
+    torch.testing.assert_close(together[:1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_multichannel_gradients() -> None:
+    model = make_model(multichannel=True)
+    assert not model.frozen_embedding.weight.requires_grad
+    model(*batch([3, 4])).sum().backward()
+    assert model.frozen_embedding.weight.grad is None
+    assert model.embedding.weight.grad is not None and model.embedding.weight.grad.to_dense().abs().sum() > 0
+    for name, param in model.lstm.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert model.lstm.input_size == 12  # frozen + trainable copies of the 6-d embeddings
+
+
+def test_single_channel_has_one_trainable_table() -> None:
+    model = make_model(multichannel=False)
+    assert model.frozen_embedding is None and model.lstm.input_size == 6
+
+
+@pytest.mark.parametrize("pair", [False, True])
+def test_parameter_count_matches_formula(pair: bool) -> None:
+    model = make_model(pair=pair)
+    d_in, h, fc, vocab, dim = 12, 8, 12, 20, 6
+    lstm = 2 * (4 * h * d_in + 4 * h * h + 2 * 4 * h)  # two directions, W_ih, W_hh, two bias vectors
+    features = 8 * h if pair else 2 * h
+    head = features * fc + fc + fc * 3 + 3
+    assert count_parameters(model, include_embeddings=False) == lstm + head
+    assert count_parameters(model, include_embeddings=True) == lstm + head + 2 * vocab * dim
+
+
+def test_paper_size_is_096m() -> None:
+    """Tang et al.'s SST-2 student: 300-d multichannel, 150 units per direction, 200-unit ReLU layer."""
+    params = BiLSTMParams(hidden_size=150, fc_hidden=200, multichannel=True)
+    model = BiLSTMStudent(params, torch.zeros(10, 300), 2, pair=False)
+    assert round(count_parameters(model, include_embeddings=False) / 1e6, 2) == 0.96
+
+
+# ---------------------------------------------------------------- loss
+
+
+def test_distillation_loss_hand_computed() -> None:
+    student = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.5, -0.5]])
+    teacher = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.0, 3.0]])
+    labels = torch.tensor([1, 1, 0])
+    mask = torch.tensor([True, True, False])  # third row unlabelled: hard target = teacher argmax = 1
+    hard = torch.tensor([1, 1, 1])
+    ce = -torch.log_softmax(student, dim=-1)[torch.arange(3), hard].mean()
+    mse = ((student - teacher) ** 2).mean()
+    for alpha, expected in [(0.0, mse), (1.0, ce), (0.5, 0.5 * ce + 0.5 * mse)]:
+        got = distillation_loss(student, teacher, labels, mask, alpha, regression=False)
+        torch.testing.assert_close(got, expected)
+    # The unlabelled row's placeholder label (0) must not be used.
+    wrong = -torch.log_softmax(student, dim=-1)[torch.arange(3), labels].mean()
+    assert not torch.isclose(distillation_loss(student, teacher, labels, mask, 1.0, False), wrong)
+
+
+def test_distillation_loss_regression() -> None:
+    student = torch.tensor([[1.0], [3.0]])
+    teacher = torch.tensor([[2.0], [5.0]])
+    labels = torch.tensor([0.0, 0.0])
+    mask = torch.tensor([True, False])  # second row: target = teacher score 5
+    hard_mse = ((1.0 - 0.0) ** 2 + (3.0 - 5.0) ** 2) / 2
+    soft_mse = ((1.0 - 2.0) ** 2 + (3.0 - 5.0) ** 2) / 2
+    got = distillation_loss(student, teacher, labels, mask, 0.25, regression=True)
+    assert got.item() == pytest.approx(0.25 * hard_mse + 0.75 * soft_mse)
+
+
+def test_sparse_adadelta_equals_dense_adadelta() -> None:
+    """Rows skipped by some batches end up exactly where dense Adadelta (zero gradients) puts them."""
+    torch.manual_seed(0)
+    init = torch.randn(8, 3, dtype=torch.float64)
+    sparse = torch.nn.Embedding.from_pretrained(init.clone(), freeze=False, sparse=True)
+    dense = torch.nn.Embedding.from_pretrained(init.clone(), freeze=False)
+    sparse_opt = SparseAdadelta(sparse.parameters(), lr=1.0, rho=0.9)
+    dense_opt = torch.optim.Adadelta(dense.parameters(), lr=1.0, rho=0.9)
+    for ids in ([0, 1, 1], [2], [0, 5, 7], [3], [1, 2, 3, 0], [7]):
+        for module, optimizer in ((sparse, sparse_opt), (dense, dense_opt)):
+            optimizer.zero_grad()
+            (module(torch.tensor(ids)) ** 2).sum().backward()
+            optimizer.step()
+        torch.testing.assert_close(sparse.weight, dense.weight)
+    assert not torch.equal(sparse.weight, init)
+
+
+# ---------------------------------------------------------------- encoders and batching
+
+
+def test_token_array_batch_pads() -> None:
+    tokens = TokenArray.concat([TokenArray.from_lists([[5, 6, 7], [8]]), TokenArray.from_lists([[9, 10]])])
+    ids, lengths = tokens.batch(np.array([2, 1, 0]), pad_id=0)
+    assert ids.tolist() == [[9, 10, 0], [8, 0, 0], [5, 6, 7]] and lengths.tolist() == [2, 1, 3]
+
+
+def test_bucket_batches_cover_every_row_once() -> None:
+    lengths = np.random.default_rng(0).integers(1, 50, size=1000)
+    batches = bucket_batches(lengths, 10, np.random.default_rng(1))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    assert max(len(b) for b in batches) == 10
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+    assert spread < 5  # sorted within chunks: batches hold similar lengths
+
+
+def test_wordpiece_encoder(teacher_dir: Path, tmp_path: Path) -> None:
+    encoder, matrix = build_encoder(BiLSTMParams(max_length=4), teacher_dir, [], seed=0)
+    teacher = BertForSequenceClassification.from_pretrained(teacher_dir)
+    torch.testing.assert_close(matrix, teacher.get_input_embeddings().weight.detach())
+    assert encoder.vocab_size == len(matrix)
+    texts = ["The [MASK] movie", "", "good good good good good good", "zzz"]
+    ids = encoder.encode(texts)
+    vocab = encoder.tokenizer.get_vocab()
+    assert ids[0] == [vocab["the"], encoder.unk_id, vocab["movie"]]
+    assert ids[1] == [encoder.unk_id]
+    assert ids[2] == [vocab["good"]] * 4
+    assert ids[3] == [encoder.unk_id]
+    encoder.save(tmp_path / "enc")
+    assert StudentEncoder.load(tmp_path / "enc").encode(texts) == ids
+
+
+def test_word_encoder(tmp_path: Path) -> None:
+    texts = ["Good movie, good!", "a [MASK] movie", "rare"]
+    assert build_word_vocab(texts, min_freq=2) == ["[PAD]", "[UNK]", "good", "movie"]
+    params = BiLSTMParams(embeddings="word", embedding_dim=7, max_length=3)
+    encoder, matrix = build_encoder(params, Path("unused"), texts, seed=0)
+    assert isinstance(encoder, WordEncoder) and matrix.shape == (encoder.vocab_size, 7)
+    assert matrix[encoder.pad_id].abs().sum() == 0
+    ids = encoder.encode(["GOOD [MASK] unseen words", ""])
+    good = encoder.words.index("good")
+    assert ids == [[good, encoder.unk_id, encoder.unk_id], [encoder.unk_id]]
+    encoder.save(tmp_path / "enc")
+    loaded = StudentEncoder.load(tmp_path / "enc")
+    assert loaded.encode(texts) == encoder.encode(texts) and loaded.vocab_size == encoder.vocab_size
+    _, again = build_encoder(params, Path("unused"), texts, seed=0)
+    torch.testing.assert_close(again, matrix)  # seeded init
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_read_word_vectors(tmp_path: Path, header: bool) -> None:
+    path = tmp_path / "vectors.txt"
+    lines = ["Good 9 9 9", "good 1 2 3", "GOOD 8 8 8", "Movie 4 5 6", "absent 0 0 0"]
+    path.write_text(("5 3\n" if header else "") + "\n".join(lines) + "\n")
+    words = ["[PAD]", "[UNK]", "good", "movie", "other"]
+    matrix, found = read_word_vectors(path, words, torch.Generator().manual_seed(0))
+    assert matrix.shape == (5, 3) and found == 2
+    assert matrix[2].tolist() == [1, 2, 3]  # exact-case entry wins
+    assert matrix[3].tolist() == [4, 5, 6]  # otherwise the first casing
+    assert matrix[4].abs().sum() > 0  # random init for words without a vector
+
+
+@pytest.mark.parametrize("bad_line", ["good 1 2", "good 1 x 3"])
+def test_read_word_vectors_malformed_line_names_file_and_line(tmp_path: Path, bad_line: str) -> None:
+    path = tmp_path / "vectors.txt"
+    path.write_text(f"movie 4 5 6\n{bad_line}\n")
+    with pytest.raises(ValueError, match=rf"vectors\.txt:2: "):
+        read_word_vectors(path, ["[PAD]", "[UNK]", "good", "movie"], torch.Generator())
+
+
+def test_vectors_embeddings_via_builder(tmp_path: Path) -> None:
+    path = tmp_path / "vectors.txt"
+    path.write_text("good 1 2\nmovie 3 4\n")
+    params = BiLSTMParams(embeddings="vectors", vectors_path=path)
+    encoder, matrix = build_encoder(params, Path("unused"), ["good movie", "bad"], seed=0)
+    assert matrix.shape == (encoder.vocab_size, 2)
+    assert matrix[encoder.encode(["movie"])[0][0]].tolist() == [3, 4]
+
+
+# ---------------------------------------------------------------- training end to end
+
+
+def read_curve(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_saved_model_reproduces(
+    model_dir: Path, prepared: Path, task_name: str, metric: str, value: float
+) -> np.ndarray:
+    """load_model + predict on the dev split give ``value`` for ``metric`` again; return the logits."""
+    task = get_task(task_name)
+    dev = pq.read_table(prepared / task_name / "dev.parquet")
+    model, encoder = load_model(model_dir)
+    text_b = dev.column("text_b").to_pylist() if task.is_pair else None
+    logits = predict(model, encoder, dev.column("text_a").to_pylist(), text_b, batch_size=7)
+    assert logits.dtype == np.float32 and logits.shape == (len(dev), task.num_outputs)
+    assert compute_metrics(task, logits, dev.column("label").to_numpy())[metric] == pytest.approx(value, abs=1e-6)
+    return logits
+
+
+def test_train_student_learns(teacher_dir: Path, tmp_path: Path) -> None:
+    shards, prepared = tmp_path / "logits", tmp_path / "prepared"
+    write_sst2_shards(shards)
+    write_prepared(prepared, "sst2", "dev", sentiment_rows(60, seed=2))
+    out, curve = tmp_path / "student", tmp_path / "plots" / "student.csv"
+    summary = train_student(get_task("sst2"), tiny_params(), shards, prepared, teacher_dir, out, curve)
+
+    assert summary["train_rows"] == 200 and summary["dev_split"] == "dev"
+    assert summary["dev_accuracy"] >= 0.85
+    assert 0 < summary["parameters"] < summary["parameters_with_embeddings"]
+    assert {p.name for p in out.iterdir()} == {"model.pt", "config.json", "encoder"}
+    rows = read_curve(curve)
+    assert list(rows[0]) == ["epoch", "train_loss", "dev_accuracy"]
+    assert len(rows) == summary["epochs_run"] and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert float(rows[summary["best_epoch"] - 1]["dev_accuracy"]) == summary["dev_accuracy"]
+    assert_saved_model_reproduces(out, prepared, "sst2", "accuracy", summary["dev_accuracy"])
+
+
+def test_train_baseline_learns(teacher_dir: Path, tmp_path: Path) -> None:
+    prepared = tmp_path / "prepared"
+    write_prepared(prepared, "sst2", "train", sentiment_rows(200, seed=3))
+    write_prepared(prepared, "sst2", "dev", sentiment_rows(60, seed=2))
+    out, curve = tmp_path / "baseline", tmp_path / "baseline.csv"
+    params = tiny_params(embeddings="word", embedding_dim=16, multichannel=False, pooling="last")
+    summary = train_baseline(get_task("sst2"), params, prepared, teacher_dir, out, curve)
+    assert summary["model"] == "baseline" and summary["dev_accuracy"] >= 0.85
+    assert curve.exists() and (out / "encoder" / "words.txt").exists()
+    assert_saved_model_reproduces(out, prepared, "sst2", "accuracy", summary["dev_accuracy"])
+
+
+def test_train_student_regression_pairs(teacher_dir: Path, tmp_path: Path) -> None:
+    task = get_task("stsb")
+    rng = random.Random(4)
+    rows = []
+    for i in range(60):
+        a, b = sentence(rng, i % 2 == 0), sentence(rng, i % 3 == 0)
+        score = float(rng.uniform(0, 5))
+        original = i % 2 == 0
+        rows.append({
+            "id": i, "source_id": i, "is_original": original, "text_a": a, "text_b": b,
+            "label": score if original else None, "ops": [], "logits": [score],
+        })  # fmt: skip
+    shards, prepared = tmp_path / "logits", tmp_path / "prepared"
+    shards.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=shard_schema(task)), shards / "part-00000.parquet")
+    write_manifest(task, shards, {}, Params())
+    dev = [{"id": r["id"], "text_a": r["text_a"], "text_b": r["text_b"], "label": r["logits"][0]} for r in rows[:20]]
+    write_prepared(prepared, "stsb", "dev", dev)
+    params = tiny_params(epochs=2, alpha=0.5, optimizer="adadelta")
+    summary = train_student(task, params, shards, prepared, teacher_dir, tmp_path / "out", tmp_path / "curve.csv")
+    assert set(read_curve(tmp_path / "curve.csv")[0]) == {"epoch", "train_loss", "dev_pearson", "dev_spearman"}
+    logits = assert_saved_model_reproduces(tmp_path / "out", prepared, "stsb", "pearson", summary["dev_pearson"])
+    assert logits.shape == (20, 1)
+
+
+def test_student_refuses_corrupted_shards(tmp_path):
+    shard_dir = tmp_path / "logits"
+    write_sst2_shards(shard_dir, n_original=10)
+    (shard_dir / "part-00001.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(ShardError, match="part-00001.parquet: checksum mismatch"):
+        read_shards(get_task("sst2"), shard_dir)
