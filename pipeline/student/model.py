@@ -43,12 +43,16 @@ class BiLSTMStudent(nn.Module):
         embedded = self.embedding(ids)
         if self.frozen_embedding is not None:
             embedded = torch.cat([self.frozen_embedding(ids), embedded], dim=-1)
-        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        outputs, (hidden, _) = self.lstm(packed)
+        if bool((lengths == lengths[0]).all()):
+            # No padding (e.g. batch size 1): the plain LSTM kernel is several times faster than the packed one.
+            outputs, (hidden, _) = self.lstm(embedded)
+        else:
+            packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            packed_outputs, (hidden, _) = self.lstm(packed)
+            outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True, padding_value=float("-inf"))
         if self.pooling == "last":
             return torch.cat([hidden[0], hidden[1]], dim=-1)
-        padded, _ = pad_packed_sequence(outputs, batch_first=True, padding_value=float("-inf"))
-        return padded.max(dim=1).values
+        return outputs.max(dim=1).values
 
     def forward(
         self,
