@@ -1,9 +1,13 @@
-"""Typer commands, one per DVC stage; each only wires params and paths to its stage module."""
+"""Typer commands: one per DVC stage, plus ``shards`` (inspect/verify logit shards) and ``bench``.
+
+Each command only wires params and paths to its module.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,13 +18,18 @@ import typer
 from pipeline import paths
 from pipeline.params import DEFAULT_PARAMS_PATH, Params, ParamsError, load_params
 from pipeline.prepare import GlueFormatError
-from pipeline.shards import ShardError
+from pipeline.shards import ShardError, format_rows, format_stats, head_rows, shard_stats, task_manifest, verify_shards
 from pipeline.tasks import Task, UnknownTaskError, get_task
 
 app = typer.Typer(help="distillery: distil a fine-tuned BERT teacher into small BiLSTM students.", no_args_is_help=True)
+shards_app = typer.Typer(help="Inspect and verify the teacher logit shards of a task.", no_args_is_help=True)
+bench_app = typer.Typer(help="Throughput benchmarks.", no_args_is_help=True)
+app.add_typer(shards_app, name="shards")
+app.add_typer(bench_app, name="bench")
 
 TaskOption = Annotated[str, typer.Option("--task", "-t", help="GLUE task short name, e.g. sst2")]
 ParamsOption = Annotated[Path, typer.Option("--params", help="params file")]
+ShardDirOption = Annotated[Path | None, typer.Option("--dir", help="shard folder (default: data/logits/<task>)")]
 USER_ERRORS = (ParamsError, GlueFormatError, ShardError, UnknownTaskError, FileNotFoundError)
 
 
@@ -30,13 +39,28 @@ def _configure_logging() -> None:
 
 
 @contextlib.contextmanager
-def _stage(task_name: str, params_path: Path) -> Iterator[tuple[Task, Params]]:
-    """Resolve task and params; turn user errors into one clear line on stderr and exit code 1."""
+def _user_errors() -> Iterator[None]:
+    """Turn user errors into one clear line on stderr and exit code 1."""
     try:
-        yield get_task(task_name), load_params(params_path)
+        yield
     except USER_ERRORS as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+@contextlib.contextmanager
+def _stage(task_name: str, params_path: Path) -> Iterator[tuple[Task, Params]]:
+    """Resolve task and params, with user errors reported as by ``_user_errors``."""
+    with _user_errors():
+        yield get_task(task_name), load_params(params_path)
+
+
+@contextlib.contextmanager
+def _shard_folder(task_name: str, shard_dir: Path | None) -> Iterator[tuple[Task, Path]]:
+    """Resolve task and shard folder (default: the score stage's output), with user errors reported."""
+    with _user_errors():
+        task = get_task(task_name)
+        yield task, shard_dir or paths.shard_dir(task.name)
 
 
 @app.command()
@@ -123,3 +147,78 @@ def evaluate(
         elif out is not None:
             write_json(report, out)
         typer.echo(table)
+
+
+@shards_app.command("show")
+def shards_show(
+    task: TaskOption,
+    rows: Annotated[int, typer.Option(min=1, help="how many rows from the start")] = 10,
+    shard_dir: ShardDirOption = None,
+) -> None:
+    """Print the first rows decoded: texts, gold label, teacher probabilities (or score) and argmax."""
+    with _shard_folder(task, shard_dir) as (spec, folder):
+        typer.echo(format_rows(head_rows(spec, folder, rows)))
+
+
+@shards_app.command("stats")
+def shards_stats(
+    task: TaskOption,
+    shard_dir: ShardDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False,
+) -> None:
+    """Rows, originals vs synthetic, teacher identity, label and prediction distributions, agreement."""
+    import json
+
+    with _shard_folder(task, shard_dir) as (spec, folder):
+        stats = shard_stats(spec, folder)
+        typer.echo(json.dumps(stats, indent=2) if as_json else format_stats(stats))
+
+
+@shards_app.command("verify")
+def shards_verify(task: TaskOption, shard_dir: ShardDirOption = None) -> None:
+    """Check every shard against the manifest's checksums; exit 1 listing each problem."""
+    with _shard_folder(task, shard_dir) as (spec, folder):
+        manifest = task_manifest(spec, folder)
+        problems = verify_shards(folder)
+        for problem in problems:
+            typer.echo(f"error: {problem}", err=True)
+        if problems:
+            raise typer.Exit(1)
+        typer.echo(f"ok: {len(manifest['shards'])} shards, {manifest['num_rows']} rows")
+
+
+def _batch_sizes(value: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in value.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{value!r}: expected comma-separated integers, e.g. 32,64,128") from None
+    if min(sizes) < 1:
+        raise typer.BadParameter(f"{value!r}: batch sizes must be positive")
+    return sizes
+
+
+@bench_app.command("score")
+def bench_score(
+    task: TaskOption,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    teacher_dir: Annotated[Path | None, typer.Option(help="teacher folder (default: models/teacher/<task> if present, "
+                                                         "else teacher.checkpoint with a fresh head)")] = None,
+    sentences: Annotated[int, typer.Option(min=1, help="sentences (or pairs) timed")] = 2000,
+    batch_sizes: Annotated[str, typer.Option(help="forward-ceiling batch sizes, comma-separated")] = "32,64,128,256",
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: evaluate.threads)")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="also save the numbers as JSON here")] = None,
+) -> None:
+    """Score throughput: raw teacher forward ceiling vs our score stage vs a transformers pipeline."""
+    from pipeline.bench import bench_sentences, bench_teacher, format_report, run_bench
+    from pipeline.io import write_json
+
+    sizes = _batch_sizes(batch_sizes)
+    with _stage(task, params) as (spec, hp):
+        model, tokenizer, teacher_source = bench_teacher(spec, hp, teacher_dir)
+        table, source = bench_sentences(spec, hp, sentences)
+        report = run_bench(spec, hp, model, tokenizer, table, sizes, threads or hp.evaluate.threads)
+        command = shlex.join(["python", "-m", "pipeline", *sys.argv[1:]])
+        report.update(teacher=teacher_source, sentences_source=source, command=command)
+        typer.echo(format_report(report))
+        if json_path is not None:
+            write_json(report, json_path)

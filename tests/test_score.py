@@ -22,12 +22,19 @@ SST2 = get_task("sst2")
 QQP = get_task("qqp")
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tiny_bert_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2).save_pretrained(out)
+def save_tiny_teacher(tiny_bert_dir, out, num_labels: int = 2):
+    """The tiny BERT with a (random, seeded) sequence-classification head, saved as a teacher folder."""
+    import torch
+
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=num_labels).save_pretrained(out)
     AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tiny_bert_dir, tmp_path_factory):
+    return save_tiny_teacher(tiny_bert_dir, tmp_path_factory.mktemp("teacher"))
 
 
 def transfer_table(task, n: int) -> pa.Table:

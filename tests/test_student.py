@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
 from pipeline.metrics import compute_metrics
+from pipeline.batching import bucket_batches
 from pipeline.params import BiLSTMParams, Params, StudentParams, TrainParams
 from pipeline.schema import prepared_schema, shard_schema
 from pipeline.score import write_manifest
@@ -30,7 +31,6 @@ from pipeline.student.encoding import (
 from pipeline.student.model import BiLSTMStudent, count_parameters
 from pipeline.student.train import (
     SparseAdadelta,
-    bucket_batches,
     distillation_loss,
     load_model,
     predict,

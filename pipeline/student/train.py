@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pipeline import paths
+from pipeline.batching import bucket_batches, length_sorted_batches
 from pipeline.device import pick_device, seed_everything
 from pipeline.io import atomic_dir, write_csv_rows
 from pipeline.metrics import compute_metrics
@@ -31,12 +32,10 @@ from pipeline.shards import ShardError, load_shards, logits_matrix
 from pipeline.student.encoding import StudentEncoder, TokenArray, build_encoder
 from pipeline.student.model import BiLSTMStudent, count_parameters
 from pipeline.tasks import Task
-from pipeline.teacher import length_sorted_batches, table_texts
+from pipeline.teacher import table_texts
 
 log = logging.getLogger(__name__)
 
-# Training batches are sorted by length within random chunks of this many batches (less padding), then shuffled.
-BUCKET_CHUNK_BATCHES = 100
 # Batch size for dev-set evaluation after each epoch.
 EVAL_BATCH_SIZE = 512
 MODEL_FILE = "model.pt"
@@ -91,18 +90,6 @@ def distillation_loss(
     hard = torch.where(label_mask, labels, teacher_hard)
     ce = supervised_loss(student_logits, hard, regression)
     return alpha * ce + (1 - alpha) * F.mse_loss(student_logits, teacher_logits)
-
-
-def bucket_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffled batches of row indices with similar lengths (sorted within random chunks)."""
-    order = rng.permutation(len(lengths))
-    chunk = batch_size * BUCKET_CHUNK_BATCHES
-    batches = []
-    for start in range(0, len(order), chunk):
-        part = order[start : start + chunk]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
-    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def _model_inputs(data: EncodedSet, rows: np.ndarray, pad_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -317,7 +304,7 @@ def train_student(
     table = read_shards(task, shard_dir)
     encoder, embeddings = build_encoder(params.bilstm, teacher_dir, _all_texts(task, table), params.seed)
     labels, label_mask = _labels(task, table.column("label"))
-    targets = {"teacher": torch.from_numpy(logits_matrix(table)), "label": labels, "label_mask": label_mask}
+    targets = {"teacher": torch.tensor(logits_matrix(table)), "label": labels, "label_mask": label_mask}
     train = _encode_table(encoder, task, table, targets)
     alpha, regression = params.student.alpha, task.is_regression
 
