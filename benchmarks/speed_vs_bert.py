@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per model; the fastest counts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     task = get_task(args.task)
@@ -51,11 +52,14 @@ def main() -> None:
 
     rates = {
         name: measure_throughput(
-            lambda a, b, bs, model=model: predict_logits(model, tokenizer, a, b, bs, MAX_LENGTH), text_a, text_b, args.batch_size
+            lambda a, b, bs, model=model: predict_logits(model, tokenizer, a, b, bs, MAX_LENGTH),
+            text_a, text_b, args.batch_size, args.repeats,
         )
         for name, model in models.items()
     }
-    rates["student"] = measure_throughput(lambda a, b, bs: predict(student, encoder, a, b, bs), text_a, text_b, args.batch_size)
+    rates["student"] = measure_throughput(
+        lambda a, b, bs: predict(student, encoder, a, b, bs), text_a, text_b, args.batch_size, args.repeats
+    )
     print(f"task {task.name}, {len(text_a)} dev sentences, batch size {args.batch_size}, {args.threads} CPU threads")
     for name, rate in rates.items():
         ratio = rates["student"] / rate

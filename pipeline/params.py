@@ -106,6 +106,7 @@ class StudentParams(TrainParams):
 class EvaluateParams(_Section):
     speed_examples: int = Field(default=512, gt=0)
     speed_batch_sizes: list[int] = Field(default_factory=lambda: [1, 256])
+    speed_repeats: int = Field(default=3, gt=0)
     threads: int = Field(default=2, gt=0)
 
 
