@@ -73,12 +73,13 @@ def _shard_is_complete(path: Path, expected_rows: int) -> bool:
         return False
 
 
-def score_table(task: Task, table: pa.Table, model, tokenizer, params: Params) -> pa.Table:
+def score_table(task: Task, table: pa.Table, model, tokenizer, params: Params, progress: bool = False) -> pa.Table:
     """One shard: the transfer-set rows of ``table`` with the teacher's ``logits`` appended."""
     text_a, text_b = table_texts(task, table)
     logits = predict_logits(
-        model, tokenizer, text_a, text_b, params.score.batch_size, params.score.max_length, params.teacher.mixed_precision
-    )
+        model, tokenizer, text_a, text_b, params.score.batch_size, params.score.max_length,
+        params.teacher.mixed_precision, progress=progress,
+    )  # fmt: skip
     logits_column = pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1), pa.float32()), task.num_outputs)
     return table.append_column(shard_schema(task).field("logits"), logits_column).cast(shard_schema(task))
 
@@ -107,7 +108,8 @@ def _score_locally(task: Task, params: Params, pending: list[ShardJob], teacher_
     """Score the pending shards one after the other in this process."""
     model, tokenizer = load_teacher(teacher_dir)
     for index, shard in tqdm(pending, desc=f"score {task.name} shards"):
-        write_parquet(score_table(task, shard, model, tokenizer, params), out_dir / shard_name(index))
+        scored = score_table(task, shard, model, tokenizer, params, progress=True)
+        write_parquet(scored, out_dir / shard_name(index))
 
 
 def write_manifest(task: Task, out_dir: Path, inputs: dict[str, Any], params: Params) -> dict[str, Any]:

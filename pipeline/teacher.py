@@ -100,7 +100,8 @@ def predict_logits(
     dtype = autocast_dtype(device, mixed_precision)
     encoded = tokenize(tokenizer, text_a, text_b, max_length)
     out = np.empty((len(text_a), model.config.num_labels), dtype=np.float32)
-    for batch in tqdm(length_sorted_batches(token_lengths(encoded), batch_size), disable=not progress, desc="teacher"):
+    batches = length_sorted_batches(token_lengths(encoded), batch_size)
+    for batch in tqdm(batches, disable=not progress, desc="teacher batches", leave=False):
         with autocast(device, dtype):
             logits = model(**batch_tensors(tokenizer, encoded, batch, device)).logits
         out[batch] = logits.float().cpu().numpy()
