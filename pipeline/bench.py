@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from pipeline import paths
+from pipeline.batching import length_sorted_batches
 from pipeline.device import autocast, autocast_dtype, pick_device, seed_everything
 from pipeline.io import write_parquet
 from pipeline.params import Params
@@ -37,8 +38,15 @@ from pipeline.schema import transfer_schema
 from pipeline.score import score_table
 from pipeline.shards import shard_name
 from pipeline.tasks import Task
-from pipeline.batching import length_sorted_batches
-from pipeline.teacher import Encoded, batch_tensors, load_teacher, resolve_checkpoint, table_texts, token_lengths, tokenize
+from pipeline.teacher import (
+    Encoded,
+    batch_tensors,
+    load_teacher,
+    resolve_checkpoint,
+    table_texts,
+    token_lengths,
+    tokenize,
+)
 
 T = TypeVar("T")
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
-from pipeline.metrics import compute_metrics
 from pipeline.batching import bucket_batches
+from pipeline.metrics import compute_metrics
 from pipeline.params import BiLSTMParams, Params, StudentParams, TrainParams
 from pipeline.schema import prepared_schema, shard_schema
 from pipeline.score import write_manifest
@@ -313,7 +313,7 @@ def test_read_word_vectors(tmp_path: Path, header: bool) -> None:
 def test_read_word_vectors_malformed_line_names_file_and_line(tmp_path: Path, bad_line: str) -> None:
     path = tmp_path / "vectors.txt"
     path.write_text(f"movie 4 5 6\n{bad_line}\n")
-    with pytest.raises(ValueError, match=rf"vectors\.txt:2: "):
+    with pytest.raises(ValueError, match=r"vectors\.txt:2: "):
         read_word_vectors(path, ["[PAD]", "[UNK]", "good", "movie"], torch.Generator())
 
 
