@@ -124,3 +124,14 @@ def test_bad_glue_file_fails_cleanly(project, tmp_path):
     assert result.returncode == 1
     assert f"error: {train}:82: not valid UTF-8" in result.stderr
     assert not (out / "data").exists()
+
+
+def test_dvc_exp_run_set_param(project):
+    """The README's way to try a setting: `dvc exp run -S key=value` on a committed workspace."""
+    dvc("repro", cwd=project)
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "baseline run"], project)
+    result = dvc("exp", "run", "-S", "student.epochs=1", cwd=project)
+    assert stages_run(result) == {"student@sst2", "evaluate@sst2"}
+    shown = dvc("exp", "show", "--no-pager", "--csv", cwd=project).stdout
+    assert "student.epochs" in shown
