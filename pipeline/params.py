@@ -24,6 +24,7 @@ class _Section(BaseModel):
 class DataParams(_Section):
     glue_dir: Path = Path("../shared/data/glue")
     max_train_examples: int | None = Field(default=None, gt=0)
+    skip_bad_rows: bool = False
 
     def resolved_glue_dir(self) -> Path:
         """The GLUE root: the environment variable wins over params.yaml."""

@@ -50,8 +50,12 @@ def _parse_label(task: Task, raw: str, path: Path, line_no: int) -> int | float:
         ) from None
 
 
-def read_glue_tsv(task: Task, path: Path | str) -> pa.Table:
-    """Read one GLUE-format TSV of ``task`` into the prepared schema, failing on the first bad row."""
+def read_glue_tsv(task: Task, path: Path | str, skip_bad_rows: bool = False) -> pa.Table:
+    """Read one GLUE-format TSV of ``task`` into the prepared schema.
+
+    A bad row (not UTF-8, too few fields, empty text, unknown label) raises naming file and line, or, with
+    ``skip_bad_rows``, is left out and reported in one warning.
+    """
     path = Path(path)
     if not path.is_file():
         raise GlueFormatError(
@@ -66,39 +70,53 @@ def read_glue_tsv(task: Task, path: Path | str) -> pa.Table:
         first_data_line = 2
     text_indices = [_resolve_column(task, column, header, path) for column in task.text_columns]
     label_index = _resolve_column(task, task.label_column, header, path)
-    needed = max([*text_indices, label_index]) + 1
 
-    texts: list[list[str]] = [[] for _ in text_indices]
-    labels: list[int | float] = []
+    rows: list[tuple[list[str], int | float]] = []
+    skipped: list[str] = []
     for line_no, raw_line in enumerate(lines[first_data_line - 1 :], start=first_data_line):
-        line = _decode(raw_line, path, line_no).rstrip("\r")
-        if not line.strip():
+        if not raw_line.strip():
             continue
-        fields = line.split("\t")
-        if len(fields) < needed:
-            raise GlueFormatError(
-                f"{path}:{line_no}: expected at least {needed} tab-separated fields for task {task.name}, "
-                f"found {len(fields)}"
-            )
-        for column_texts, index, column in zip(texts, text_indices, task.text_columns):
-            text = fields[index].strip()
-            if not text:
-                raise GlueFormatError(f"{path}:{line_no}: empty text in column {column!r}")
-            column_texts.append(text)
-        labels.append(_parse_label(task, fields[label_index], path, line_no))
-    if not labels:
+        try:
+            rows.append(_parse_row(task, raw_line, text_indices, label_index, path, line_no))
+        except GlueFormatError as exc:
+            if not skip_bad_rows:
+                raise
+            skipped.append(str(exc))
+    if skipped:
+        log.warning("%s: skipped %d bad rows (data.skip_bad_rows), first: %s", path, len(skipped), skipped[:3])
+    if not rows:
         raise GlueFormatError(f"{path}: no data rows")
 
     schema = prepared_schema(task)
+    texts = list(zip(*(row_texts for row_texts, _ in rows)))
     return pa.table(
         {
-            "id": pa.array(np.arange(len(labels), dtype=np.int64)),
+            "id": pa.array(np.arange(len(rows), dtype=np.int64)),
             "text_a": pa.array(texts[0], pa.string()),
-            "text_b": pa.array(texts[1] if task.is_pair else [None] * len(labels), pa.string()),
-            "label": pa.array(labels, schema.field("label").type),
+            "text_b": pa.array(texts[1] if task.is_pair else [None] * len(rows), pa.string()),
+            "label": pa.array([label for _, label in rows], schema.field("label").type),
         },
         schema=schema,
     )
+
+
+def _parse_row(
+    task: Task, raw_line: bytes, text_indices: list[int], label_index: int, path: Path, line_no: int
+) -> tuple[list[str], int | float]:
+    """Texts and label of one data line; GlueFormatError naming file and line if it is malformed."""
+    fields = _decode(raw_line, path, line_no).rstrip("\r").split("\t")
+    needed = max([*text_indices, label_index]) + 1
+    if len(fields) < needed:
+        raise GlueFormatError(
+            f"{path}:{line_no}: expected at least {needed} tab-separated fields for task {task.name}, found {len(fields)}"
+        )
+    texts = []
+    for index, column in zip(text_indices, task.text_columns):
+        text = fields[index].strip()
+        if not text:
+            raise GlueFormatError(f"{path}:{line_no}: empty text in column {column!r}")
+        texts.append(text)
+    return texts, _parse_label(task, fields[label_index], path, line_no)
 
 
 def _decode(raw: bytes, path: Path, line_no: int) -> str:
@@ -127,7 +145,9 @@ def run_prepare(task: Task, params: Params, out_root: Path = paths.PREPARED_DIR)
             f"{task_dir}: GLUE data folder for task {task.name} not found "
             f"(set data.glue_dir in params.yaml or the {GLUE_DIR_ENV} environment variable)"
         )
-    tables = {split: read_glue_tsv(task, task_dir / f"{split}.tsv") for split in task.splits}
+    tables = {
+        split: read_glue_tsv(task, task_dir / f"{split}.tsv", params.data.skip_bad_rows) for split in task.splits
+    }
     tables["train"] = subsample(tables["train"], params.data.max_train_examples, params.seed)
     for split, table in tables.items():
         write_parquet(table, paths.prepared_split(task.name, split, out_root))

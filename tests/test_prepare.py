@@ -63,3 +63,16 @@ def test_subsample_is_seeded():
     assert subsample(table, 10, 1).equals(subsample(table, 10, 1))
     assert not subsample(table, 10, 1).equals(subsample(table, 10, 2))
     assert subsample(table, None, 1).equals(table)
+
+
+def test_skip_bad_rows_leaves_them_out_and_logs(tmp_path, caplog):
+    path = tmp_path / "train.tsv"
+    path.write_bytes(b"sentence\tlabel\nfine\t1\nbroken row\n\xff\t0\nodd\t7\nalso fine\t0\n")
+    table = read_glue_tsv(SST2, path, skip_bad_rows=True)
+    assert table.to_pylist() == [
+        {"id": 0, "text_a": "fine", "text_b": None, "label": 1},
+        {"id": 1, "text_a": "also fine", "text_b": None, "label": 0},
+    ]
+    assert "skipped 3 bad rows" in caplog.text and "train.tsv:3: expected at least 2" in caplog.text
+    with pytest.raises(GlueFormatError, match="train.tsv:3"):
+        read_glue_tsv(SST2, path)
