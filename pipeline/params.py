@@ -9,6 +9,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.tasks import Task, get_task
+
 GLUE_DIR_ENV = "DISTILLERY_GLUE_DIR"
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
@@ -94,10 +96,15 @@ class BiLSTMParams(_Section):
 class TrainParams(_Section):
     epochs: int = Field(default=3, gt=0)
     batch_size: int = Field(default=50, gt=0)
+    batch_size_pair: int = Field(default=256, gt=0)
     optimizer: Literal["adadelta", "adam"] = "adadelta"
     learning_rate: float = Field(default=1.0, gt=0)
     rho: float = Field(default=0.95, gt=0, lt=1)
     patience: int = Field(default=2, ge=1)
+
+    def batch_size_for(self, task: Task) -> int:
+        """Training batch size: ``batch_size_pair`` for sentence-pair tasks, ``batch_size`` otherwise (paper)."""
+        return self.batch_size_pair if task.is_pair else self.batch_size
 
 
 class StudentParams(TrainParams):
@@ -125,8 +132,6 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _check_tasks(self) -> Params:
-        from pipeline.tasks import get_task
-
         for name in self.tasks:
             get_task(name)
         return self

@@ -68,3 +68,12 @@ def test_glue_dir_env_override(tmp_path, monkeypatch):
     assert params.data.resolved_glue_dir() == tmp_path
     monkeypatch.delenv(GLUE_DIR_ENV)
     assert params.data.resolved_glue_dir() == Path("../shared/data/glue")
+
+
+def test_pair_tasks_train_with_their_own_batch_size():
+    from pipeline.tasks import get_task
+
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert params.student.batch_size_for(get_task("sst2")) == 50
+    assert params.student.batch_size_for(get_task("qqp")) == 256
+    assert params.baseline.batch_size_for(get_task("mnli")) == 256

@@ -194,7 +194,7 @@ def _fit(
     for epoch in range(1, hp.epochs + 1):
         model.train()
         total, rows_seen = torch.zeros((), device=device), 0
-        for rows in tqdm(bucket_batches(lengths, hp.batch_size, rng), desc=f"{desc} epoch {epoch}", unit="batch"):
+        for rows in tqdm(bucket_batches(lengths, hp.batch_size_for(task), rng), desc=f"{desc} epoch {epoch}", unit="batch"):
             logits = model(*_model_inputs(train, rows, pad_id, device))
             index = torch.from_numpy(rows)
             loss = loss_fn(logits, {name: t[index].to(device) for name, t in train.targets.items()})
