@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline import paths
+from pipeline.device import pick_device
 from pipeline.metrics import compute_metrics
 from pipeline.params import Params
 from pipeline.prepare import read_glue_tsv
@@ -70,23 +71,29 @@ def measure_throughput(
 
 def evaluate_splits(task: Task, params: Params, splits: dict[str, pa.Table]) -> dict[str, Any]:
     """Metrics of every model on every split, parameter counts, and CPU throughput (timed on the first split)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device()
     predictors, sizes = load_predictors(task, params, device)
     batch_size = params.teacher.eval_batch_size
     quality: dict[str, dict[str, dict[str, float]]] = {}
     for split, table in splits.items():
         text_a, text_b = table_texts(task, table)
         labels = table.column("label").to_numpy()
-        quality[split] = {name: compute_metrics(task, predict_fn(text_a, text_b, batch_size), labels) for name, predict_fn in predictors.items()}
+        quality[split] = {
+            name: compute_metrics(task, predict_fn(text_a, text_b, batch_size), labels)
+            for name, predict_fn in predictors.items()
+        }
 
     speed_table = next(iter(splits.values())).slice(0, params.evaluate.speed_examples)
     speed_a, speed_b = table_texts(task, speed_table)
-    cpu_predictors, _ = load_predictors(task, params, torch.device("cpu")) if device.type != "cpu" else (predictors, sizes)
+    cpu_predictors = predictors if device.type == "cpu" else load_predictors(task, params, torch.device("cpu"))[0]
     threads = torch.get_num_threads()
     torch.set_num_threads(params.evaluate.threads)
     try:
         speed = {
-            f"batch_{size}": {name: measure_throughput(fn, speed_a, speed_b, size, params.evaluate.speed_repeats) for name, fn in cpu_predictors.items()}
+            f"batch_{size}": {
+                name: measure_throughput(fn, speed_a, speed_b, size, params.evaluate.speed_repeats)
+                for name, fn in cpu_predictors.items()
+            }
             for size in params.evaluate.speed_batch_sizes
         }
     finally:
