@@ -74,23 +74,28 @@ class ScoreParams(_Section):
     max_length: int = Field(default=128, gt=0)
 
 
-class BiLSTMParams(_Section):
+class EmbeddingParams(_Section):
+    """Student input representation, shared by the architectures that read word/WordPiece embeddings."""
+
     embeddings: Literal["wordpiece", "word", "vectors"] = "wordpiece"
     vectors_path: Path | None = None
     embedding_dim: int = Field(default=300, gt=0)
     multichannel: bool = True
     min_word_freq: int = Field(default=1, ge=1)
+    max_length: int = Field(default=64, gt=0)
+
+    @model_validator(mode="after")
+    def _check_vectors(self) -> EmbeddingParams:
+        if self.embeddings == "vectors" and self.vectors_path is None:
+            raise ValueError("embeddings: vectors needs vectors_path")
+        return self
+
+
+class BiLSTMParams(EmbeddingParams):
     hidden_size: int = Field(default=150, gt=0)
     pooling: Literal["max", "last"] = "max"
     fc_hidden: int = Field(default=400, gt=0)
     dropout: float = Field(default=0.1, ge=0, lt=1)
-    max_length: int = Field(default=64, gt=0)
-
-    @model_validator(mode="after")
-    def _check_vectors(self) -> BiLSTMParams:
-        if self.embeddings == "vectors" and self.vectors_path is None:
-            raise ValueError("embeddings: vectors needs vectors_path")
-        return self
 
 
 class TrainParams(_Section):

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 PREPARED_DIR = Path("data/prepared")
 AUGMENTED_DIR = Path("data/augmented")
 LOGITS_DIR = Path("data/logits")
 TEACHER_DIR = Path("models/teacher")
+MT_TEACHER_DIR = Path("models/mt_teacher")
 STUDENT_DIR = Path("models/student")
 BASELINE_DIR = Path("models/baseline")
+MKD_DIR = Path("models/mkd")
 METRICS_DIR = Path("metrics")
+TRAINING_LOG_DIR = Path("dvclive")
 PLOTS_DIR = Path("plots")
+
+TeacherKind = Literal["single", "multitask"]  # single-task teachers (one per task) or the multi-task teacher
 
 
 def prepared_split(task: str, split: str, root: Path = PREPARED_DIR) -> Path:
@@ -24,12 +30,18 @@ def transfer_set(task: str, root: Path = AUGMENTED_DIR) -> Path:
     return root / f"{task}.parquet"
 
 
-def shard_dir(task: str, root: Path = LOGITS_DIR) -> Path:
-    """Folder of teacher logit shards and their manifest."""
-    return root / task
+def shard_dir(task: str, teacher: TeacherKind = "single", root: Path = LOGITS_DIR) -> Path:
+    """Folder of logit shards (and their manifest) scored by the single-task or the multi-task teacher."""
+    return root / teacher / task
 
 
 def teacher_dir(task: str, root: Path = TEACHER_DIR) -> Path:
+    """Fine-tuned single-task teacher of ``task``."""
+    return root / task
+
+
+def mt_teacher_dir(task: str, root: Path = MT_TEACHER_DIR) -> Path:
+    """The multi-task teacher as a standalone model for ``task``: the shared encoder plus that task's head."""
     return root / task
 
 
@@ -39,6 +51,16 @@ def student_dir(task: str, root: Path = STUDENT_DIR) -> Path:
 
 def baseline_dir(task: str, root: Path = BASELINE_DIR) -> Path:
     return root / task
+
+
+def mkd_dir(architecture: str, root: Path = MKD_DIR) -> Path:
+    """MKD students of one architecture: ``multitask/`` (jointly distilled) and one fine-tuned folder per task."""
+    return root / architecture
+
+
+def training_log(model: str, task: str | None = None, root: Path = TRAINING_LOG_DIR) -> Path:
+    """DVCLive folder of one training run, e.g. ``dvclive/teacher/sst2`` or ``dvclive/mt_teacher``."""
+    return root / model / task if task else root / model
 
 
 def training_curve(task: str, model: str, root: Path = PLOTS_DIR) -> Path:

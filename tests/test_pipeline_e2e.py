@@ -63,7 +63,7 @@ def test_repro_runs_every_stage_and_reports_metrics(project):
         assert report["cpu_sentences_per_second"]["batch_1"][model] > 0
     assert report["parameters"]["teacher"]["total"] > report["parameters"]["student"]["without_embeddings"]
     assert "| student |" in (project / "metrics" / "sst2.md").read_text()
-    manifest = json.loads((project / "data" / "logits" / "sst2" / "_manifest.json").read_text())
+    manifest = json.loads((project / "data" / "logits" / "single" / "sst2" / "_manifest.json").read_text())
     assert manifest["num_rows"] > 60
     for model in ("teacher", "student", "baseline"):
         assert (project / "plots" / "sst2" / f"{model}.csv").read_text().startswith("epoch,")

@@ -73,7 +73,7 @@ def test_repro_runs_every_stage_of_every_task(project):
     for task in FIRST_TASKS:
         teacher = json.loads((project / "metrics" / "teacher" / f"{task}.json").read_text())
         assert teacher["task"] == task
-        transfer = json.loads((project / "data" / "logits" / task / "_manifest.json").read_text())
+        transfer = json.loads((project / "data" / "logits" / "single" / task / "_manifest.json").read_text())
         assert transfer["num_rows"] > 40  # originals plus synthetic rows
 
     status = dvc("status", cwd=project).stdout

@@ -33,6 +33,6 @@ def test_clone_pulls_shards_and_skips_scoring(tmp_path, tiny_bert_dir):
     result = dvc("repro", cwd=clone_b)
     assert stages_run(result) == set(), result.stdout
     assert "score@sst2" in result.stdout and "didn't change, skipping" in result.stdout
-    shards = "data/logits/sst2"
+    shards = "data/logits/single/sst2"
     assert digests(clone_b / shards) == digests(clone_a / shards)
     assert run([*"python -m pipeline shards verify --task sst2".split()], clone_b).returncode == 0

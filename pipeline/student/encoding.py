@@ -27,7 +27,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from pipeline.params import BiLSTMParams
+from pipeline.params import EmbeddingParams
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,44 @@ class TokenArray:
         return torch.from_numpy(ids), torch.from_numpy(lengths)
 
 
+@dataclass(frozen=True)
+class EncodedInputs:
+    """One task's encoded texts: named token arrays (e.g. ``a`` and ``b``, the two sides of a pair)."""
+
+    arrays: dict[str, TokenArray]
+    pad_ids: dict[str, int]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Per-row length used for bucketing: the longest of the row's arrays."""
+        return np.max([array.lengths for array in self.arrays.values()], axis=0)
+
+    def batch(self, rows: np.ndarray, device: torch.device | None = None) -> dict[str, torch.Tensor]:
+        """For each array: padded ids under its name and lengths under ``<name>_lengths`` (lengths stay on CPU)."""
+        out: dict[str, torch.Tensor] = {}
+        for name, array in self.arrays.items():
+            ids, lengths = array.batch(rows, self.pad_ids[name])
+            out[name], out[f"{name}_lengths"] = ids.to(device) if device is not None else ids, lengths
+        return out
+
+
 class StudentEncoder(ABC):
-    """Maps text to student token ids (truncated to ``max_length``, never empty)."""
+    """Maps text to student token ids (truncated to ``max_length``, never empty).
+
+    ``encode_inputs`` gives the model's inputs: array ``a`` (first sentence) and, for pairs, ``b``. Subclasses
+    register themselves under their ``kind`` so ``StudentEncoder.load`` can rebuild any of them.
+    """
 
     kind: ClassVar[str]
+    registry: ClassVar[dict[str, type[StudentEncoder]]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            StudentEncoder.registry[cls.kind] = cls
 
     def __init__(self, max_length: int) -> None:
         self.max_length = max_length
@@ -119,21 +153,29 @@ class StudentEncoder(ABC):
         chunks = [self.encode(texts[i : i + ENCODE_CHUNK]) for i in range(0, len(texts), ENCODE_CHUNK)]
         return TokenArray.concat([TokenArray.from_lists(chunk) for chunk in chunks or [[]]])
 
+    def encode_inputs(self, text_a: Sequence[str], text_b: Sequence[str] | None) -> EncodedInputs:
+        """The model inputs for a task's texts: ``a`` and, for pairs, ``b``."""
+        arrays = {"a": self.encode_array(text_a)}
+        if text_b is not None:
+            arrays["b"] = self.encode_array(text_b)
+        return EncodedInputs(arrays, {name: self.pad_id for name in arrays})
+
     def save(self, directory: Path) -> None:
         """Write the encoder (config + vocabulary/tokenizer files) into ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
         config = {"kind": self.kind, "max_length": self.max_length, **self._save_files(directory)}
         (directory / ENCODER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
-    @classmethod
-    def load(cls, directory: Path) -> StudentEncoder:
+    @staticmethod
+    def load(directory: Path) -> StudentEncoder:
         """Rebuild an encoder written by ``save``."""
         config = json.loads((directory / ENCODER_CONFIG).read_text(encoding="utf-8"))
-        if config["kind"] == WordPieceEncoder.kind:
-            tokenizer = AutoTokenizer.from_pretrained(directory)
-            return WordPieceEncoder(tokenizer, config["vocab_size"], config["max_length"])
-        words = (directory / WORD_VOCAB_FILE).read_text(encoding="utf-8").split("\n")[:-1]
-        return WordEncoder(words, config["max_length"])
+        return StudentEncoder.registry[config["kind"]]._load(directory, config)
+
+    @classmethod
+    @abstractmethod
+    def _load(cls, directory: Path, config: dict) -> StudentEncoder:
+        """Rebuild from the files and config entries written by ``save``."""
 
 
 class WordPieceEncoder(StudentEncoder):
@@ -173,6 +215,10 @@ class WordPieceEncoder(StudentEncoder):
         self.tokenizer.save_pretrained(directory)
         return {"vocab_size": self._vocab_size}
 
+    @classmethod
+    def _load(cls, directory: Path, config: dict) -> WordPieceEncoder:
+        return cls(AutoTokenizer.from_pretrained(directory), config["vocab_size"], config["max_length"])
+
 
 class WordEncoder(StudentEncoder):
     """Lowercased word vocabulary; ids 0 and 1 are padding and unknown."""
@@ -205,6 +251,10 @@ class WordEncoder(StudentEncoder):
     def _save_files(self, directory: Path) -> dict[str, object]:
         (directory / WORD_VOCAB_FILE).write_text("".join(f"{word}\n" for word in self.words), encoding="utf-8")
         return {}
+
+    @classmethod
+    def _load(cls, directory: Path, config: dict) -> WordEncoder:
+        return cls((directory / WORD_VOCAB_FILE).read_text(encoding="utf-8").split("\n")[:-1], config["max_length"])
 
 
 def tokenize_words(text: str) -> list[str]:
@@ -277,7 +327,7 @@ def teacher_word_embeddings(teacher_dir: Path) -> torch.Tensor:
 
 
 def build_encoder(
-    params: BiLSTMParams, teacher_dir: Path, training_texts: Iterable[str], seed: int
+    params: EmbeddingParams, teacher_dir: Path, training_texts: Iterable[str], seed: int
 ) -> tuple[StudentEncoder, torch.Tensor]:
     """The encoder chosen by ``params.embeddings`` and its initial embedding matrix ``[vocab_size, width]``.
 
@@ -292,7 +342,7 @@ def build_encoder(
     encoder = WordEncoder(words, params.max_length)
     if params.embeddings == "word":
         return encoder, random_embeddings(len(words), params.embedding_dim, generator)
-    assert params.vectors_path is not None  # guaranteed by BiLSTMParams validation
+    assert params.vectors_path is not None  # guaranteed by EmbeddingParams validation
     matrix, found = read_word_vectors(params.vectors_path, words, generator)
     log.info("word vectors cover %d of %d vocabulary words (%s)", found, len(words) - 2, params.vectors_path)
     return encoder, matrix
