@@ -17,7 +17,8 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from pipeline import paths
 from pipeline.evaluate import measure_throughput
-from pipeline.student.train import load_model, predict
+from pipeline.student.architectures import load_student
+from pipeline.student.train import predict
 from pipeline.tasks import get_task
 from pipeline.teacher import load_teacher, predict_logits, table_texts
 
@@ -48,7 +49,7 @@ def main() -> None:
         config.num_labels = task.num_outputs
         config.vocab_size = tokenizer.vocab_size
         models[f"{name} (random init, timing only)"] = BertForSequenceClassification(config).eval()
-    student, encoder = load_model(paths.student_dir(task.name), cpu)
+    student, encoder = load_student(paths.student_dir(task.name), cpu)
 
     rates = {
         name: measure_throughput(
@@ -58,7 +59,7 @@ def main() -> None:
         for name, model in models.items()
     }
     rates["student"] = measure_throughput(
-        lambda a, b, bs: predict(student, encoder, a, b, bs), text_a, text_b, args.batch_size, args.repeats
+        lambda a, b, bs: predict(student, encoder, task.name, a, b, bs), text_a, text_b, args.batch_size, args.repeats
     )
     print(f"task {task.name}, {len(text_a)} dev sentences, batch size {args.batch_size}, {args.threads} CPU threads")
     for name, rate in rates.items():

@@ -110,7 +110,7 @@ def student(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> Non
     with _stage(task, params) as (spec, hp):
         train_student(
             spec, hp, paths.shard_dir(spec.name), paths.PREPARED_DIR, paths.teacher_dir(spec.name),
-            paths.student_dir(spec.name), paths.training_curve(spec.name, "student"),
+            paths.student_dir(spec.name), paths.training_log("student", spec.name),
         )
 
 
@@ -122,7 +122,7 @@ def baseline(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> No
     with _stage(task, params) as (spec, hp):
         train_baseline(
             spec, hp, paths.PREPARED_DIR, paths.teacher_dir(spec.name),
-            paths.baseline_dir(spec.name), paths.training_curve(spec.name, "baseline"),
+            paths.baseline_dir(spec.name), paths.training_log("baseline", spec.name),
         )
 
 

@@ -22,8 +22,9 @@ from pipeline.device import pick_device
 from pipeline.metrics import compute_metrics
 from pipeline.params import Params
 from pipeline.prepare import read_glue_tsv
-from pipeline.student.model import count_parameters
-from pipeline.student.train import load_model, predict
+from pipeline.student.architectures import load_student
+from pipeline.student.base import count_parameters
+from pipeline.student.train import predict
 from pipeline.tasks import Task
 from pipeline.teacher import load_teacher, predict_logits, table_texts
 
@@ -42,9 +43,10 @@ def load_predictors(task: Task, params: Params, device: torch.device) -> tuple[d
     teacher_params = sum(p.numel() for p in teacher.parameters())
     sizes = {"teacher": {"total": teacher_params, "without_embeddings": teacher_params - _teacher_embedding_params(teacher)}}
     for name, model_dir in (("student", paths.student_dir(task.name)), ("baseline", paths.baseline_dir(task.name))):
-        model, encoder = load_model(model_dir)
-        model.to(device)
-        predictors[name] = lambda a, b, batch_size, model=model, encoder=encoder: predict(model, encoder, a, b, batch_size)
+        model, encoder = load_student(model_dir, device)
+        predictors[name] = lambda a, b, batch_size, model=model, encoder=encoder: predict(
+            model, encoder, task.name, a, b, batch_size
+        )
         sizes[name] = {
             "total": count_parameters(model, include_embeddings=True),
             "without_embeddings": count_parameters(model, include_embeddings=False),

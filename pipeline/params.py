@@ -99,13 +99,19 @@ class BiLSTMParams(EmbeddingParams):
 
 
 class TrainParams(_Section):
+    """One student training run: optimiser, schedule, batches, early stopping."""
+
     epochs: int = Field(default=3, gt=0)
     batch_size: int = Field(default=50, gt=0)
     batch_size_pair: int = Field(default=256, gt=0)
-    optimizer: Literal["adadelta", "adam"] = "adadelta"
+    optimizer: Literal["adadelta", "adam", "adamw"] = "adadelta"
     learning_rate: float = Field(default=1.0, gt=0)
-    rho: float = Field(default=0.95, gt=0, lt=1)
+    rho: float = Field(default=0.95, gt=0, lt=1)  # adadelta
+    weight_decay: float = Field(default=0.0, ge=0)
+    schedule: Literal["constant", "linear"] = "constant"  # linear: warm-up over warmup_ratio of the steps, then decay
+    warmup_ratio: float = Field(default=0.0, ge=0, le=1)
     patience: int = Field(default=2, ge=1)
+    mixed_precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (CPU with native bf16, or CUDA)
 
     def batch_size_for(self, task: Task) -> int:
         """Training batch size: ``batch_size_pair`` for sentence-pair tasks, ``batch_size`` otherwise (paper)."""

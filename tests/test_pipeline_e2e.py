@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_project, tiny_params, write_sst2
+from tests.conftest import copy_project, init_project, tiny_params, write_sst2
 
 STAGE_RUN = re.compile(r"Running stage '([^']+)'")
 
@@ -47,8 +47,7 @@ def project(tmp_path_factory, tiny_bert_dir) -> Path:
     glue = write_sst2(root / "glue", n_train=60, n_dev=30)
     proj = copy_project(root / "proj")
     (proj / "params.yaml").write_text(yaml.safe_dump(tiny_params(glue, tiny_bert_dir), sort_keys=False))
-    run(["git", "init", "-q"], proj)
-    dvc("init", "-q", cwd=proj)
+    init_project(proj)
     return proj
 
 
@@ -65,8 +64,10 @@ def test_repro_runs_every_stage_and_reports_metrics(project):
     assert "| student |" in (project / "metrics" / "sst2.md").read_text()
     manifest = json.loads((project / "data" / "logits" / "single" / "sst2" / "_manifest.json").read_text())
     assert manifest["num_rows"] > 60
-    for model in ("teacher", "student", "baseline"):
-        assert (project / "plots" / "sst2" / f"{model}.csv").read_text().startswith("epoch,")
+    assert (project / "plots" / "sst2" / "teacher.csv").read_text().startswith("epoch,")
+    for model in ("student", "baseline"):
+        curve = project / "dvclive" / model / "sst2" / "plots" / "metrics" / "dev" / "accuracy.tsv"
+        assert curve.read_text().startswith("step\taccuracy\n")
 
     assert "up to date" in dvc("status", cwd=project).stdout
     metrics = dvc("metrics", "show", cwd=project).stdout

@@ -11,7 +11,7 @@ import math
 import pytest
 import yaml
 
-from tests.conftest import copy_project, tiny_params
+from tests.conftest import copy_project, init_project, tiny_params
 from tests.glue_fixtures import write_glue
 from tests.test_pipeline_e2e import dvc, run, stages_run
 
@@ -58,8 +58,7 @@ def project(tmp_path_factory, tiny_bert_dir):
     params = tiny_params(glue, tiny_bert_dir)
     params["tasks"] = FIRST_TASKS
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], proj)
-    dvc("init", "-q", cwd=proj)
+    init_project(proj)
     return proj
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import csv
+import json
 import random
 from pathlib import Path
 
@@ -28,17 +28,12 @@ from pipeline.student.encoding import (
     build_word_vocab,
     read_word_vectors,
 )
-from pipeline.student.model import BiLSTMStudent, count_parameters
-from pipeline.student.train import (
-    SparseAdadelta,
-    distillation_loss,
-    load_model,
-    predict,
-    read_shards,
-    train_baseline,
-    train_student,
-)
-from pipeline.tasks import get_task
+from pipeline.student.architectures import load_student
+from pipeline.student.base import count_parameters
+from pipeline.student.bilstm import BiLSTMStudent
+from pipeline.student.optim import SparseAdadelta
+from pipeline.student.train import distillation_loss, predict, read_shards, train_baseline, train_student
+from pipeline.tasks import Task, get_task
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 POSITIVE = ["good", "great", "fine", "lovely"]
@@ -118,83 +113,116 @@ def write_sst2_shards(shard_dir: Path, n_original: int = 100) -> None:
 # ---------------------------------------------------------------- model
 
 
-def make_model(pooling: str = "max", pair: bool = False, multichannel: bool = True) -> BiLSTMStudent:
-    """A small model: 20-word vocabulary, 6-d embeddings, 8 LSTM units per direction, 12-unit ReLU layer, 3 outputs."""
+# A single-sentence task with three classes, and a sentence-pair task with three (MNLI).
+SINGLE = Task("toy", "TOY", ("sentence",), "label", ("a", "b", "c"), ("accuracy",))
+PAIR = get_task("mnli")
+
+
+def make_model(pooling: str = "max", multichannel: bool = True) -> BiLSTMStudent:
+    """A small two-task model: 20-word vocabulary, 6-d embeddings, 8 LSTM units per direction, 12-unit ReLU layers."""
     torch.manual_seed(0)
     params = BiLSTMParams(hidden_size=8, fc_hidden=12, pooling=pooling, multichannel=multichannel, dropout=0.1)
-    return BiLSTMStudent(params, torch.randn(20, 6), 3, pair)
+    return BiLSTMStudent(params, torch.randn(20, 6), [SINGLE, PAIR])
 
 
-def batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(lengths: list[int], seed: int = 0, side: str = "a") -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
     for i, n in enumerate(lengths):
         ids[i, :n] = torch.randint(1, 20, (n,), generator=generator)
-    return ids, torch.tensor(lengths)
+    return {side: ids, f"{side}_lengths": torch.tensor(lengths)}
+
+
+def task_batch(pair: bool, a: list[int], b: list[int], seed: int = 0) -> tuple[str, dict[str, torch.Tensor]]:
+    if pair:
+        return PAIR.name, {**batch(a, seed), **batch(b, seed + 1, side="b")}
+    return SINGLE.name, batch(a, seed)
 
 
 @pytest.mark.parametrize("pooling", ["max", "last"])
 @pytest.mark.parametrize("pair", [False, True])
 def test_forward_shapes(pooling: str, pair: bool) -> None:
-    model = make_model(pooling, pair)
-    ids_a, lengths_a = batch([3, 5, 1, 2])
-    extra = batch([7, 1, 2, 4], seed=1) if pair else ()
-    assert model(ids_a, lengths_a, *extra).shape == (4, 3)
-
-
-def test_pair_model_needs_second_sentence() -> None:
-    with pytest.raises(ValueError, match="ids_b"):
-        make_model(pair=True)(*batch([2, 3]))
+    model = make_model(pooling)
+    assert model(*task_batch(pair, [3, 5, 1, 2], [7, 1, 2, 4])).shape == (4, 3)
 
 
 @pytest.mark.parametrize("pooling", ["max", "last"])
 @pytest.mark.parametrize("pair", [False, True])
 def test_padding_invariance(pooling: str, pair: bool) -> None:
     """A sentence's output does not change when it is batched with longer sentences (eval mode)."""
-    model = make_model(pooling, pair).eval()
-    ids_a, lengths_a = batch([3])
-    ids_b, lengths_b = batch([2], seed=5)
-    alone = model(ids_a, lengths_a, *((ids_b, lengths_b) if pair else ()))
+    model = make_model(pooling).eval()
+    task, alone_batch = task_batch(pair, [3], [2], seed=5)
+    alone = model(task, alone_batch)
 
-    def with_longer(ids: torch.Tensor, lengths: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        others, other_lengths = batch([9, 6], seed=seed)
-        return torch.cat([F.pad(ids, (0, 9 - ids.shape[1])), others]), torch.cat([lengths, other_lengths])
+    def with_longer(side: str, seed: int) -> dict[str, torch.Tensor]:
+        others = batch([9, 6], seed=seed, side=side)
+        ids = alone_batch[side]
+        return {
+            side: torch.cat([F.pad(ids, (0, 9 - ids.shape[1])), others[side]]),
+            f"{side}_lengths": torch.cat([alone_batch[f"{side}_lengths"], others[f"{side}_lengths"]]),
+        }
 
-    together = model(*with_longer(ids_a, lengths_a, 2), *(with_longer(ids_b, lengths_b, 3) if pair else ()))
+    together = model(task, {**with_longer("a", 2), **(with_longer("b", 3) if pair else {})})
     torch.testing.assert_close(together[:1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_bilstm_matches_packed_bidirectional_lstm() -> None:
+    """The padded two-direction LSTM computes what torch's packed bidirectional LSTM computes."""
+    model = make_model().eval()
+    reference = torch.nn.LSTM(12, 8, batch_first=True, bidirectional=True)
+    for suffix, direction in (("", model.lstm.forward_lstm), ("_reverse", model.lstm.backward_lstm)):
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(reference, f"{name}_l0{suffix}").data.copy_(getattr(direction, f"{name}_l0"))
+    inputs = batch([4, 2, 7, 1])
+    embedded = torch.cat([model.frozen_embedding(inputs["a"]), model.embedding(inputs["a"])], dim=-1)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(embedded, inputs["a_lengths"], batch_first=True, enforce_sorted=False)
+    expected, (hidden, _) = reference(packed)
+    expected, _ = torch.nn.utils.rnn.pad_packed_sequence(expected, batch_first=True)
+    outputs, final = model.lstm(embedded, inputs["a_lengths"])
+    real = torch.arange(7)[None, :] < inputs["a_lengths"][:, None]
+    torch.testing.assert_close(outputs[real], expected[real], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(final, torch.cat([hidden[0], hidden[1]], dim=-1), atol=1e-6, rtol=1e-5)
 
 
 def test_multichannel_gradients() -> None:
     model = make_model(multichannel=True)
     assert not model.frozen_embedding.weight.requires_grad
-    model(*batch([3, 4])).sum().backward()
+    model(*task_batch(False, [3, 4], [])).sum().backward()
     assert model.frozen_embedding.weight.grad is None
     assert model.embedding.weight.grad is not None and model.embedding.weight.grad.to_dense().abs().sum() > 0
     for name, param in model.lstm.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
-    assert model.lstm.input_size == 12  # frozen + trainable copies of the 6-d embeddings
+    assert model.lstm.forward_lstm.input_size == 12  # frozen + trainable copies of the 6-d embeddings
+    assert model.sparse_parameters() == [model.embedding.weight]
 
 
 def test_single_channel_has_one_trainable_table() -> None:
     model = make_model(multichannel=False)
-    assert model.frozen_embedding is None and model.lstm.input_size == 6
+    assert model.frozen_embedding is None and model.lstm.forward_lstm.input_size == 6
 
 
-@pytest.mark.parametrize("pair", [False, True])
-def test_parameter_count_matches_formula(pair: bool) -> None:
-    model = make_model(pair=pair)
+def test_parameter_count_matches_formula() -> None:
+    model = make_model()
     d_in, h, fc, vocab, dim = 12, 8, 12, 20, 6
     lstm = 2 * (4 * h * d_in + 4 * h * h + 2 * 4 * h)  # two directions, W_ih, W_hh, two bias vectors
-    features = 8 * h if pair else 2 * h
-    head = features * fc + fc + fc * 3 + 3
-    assert count_parameters(model, include_embeddings=False) == lstm + head
-    assert count_parameters(model, include_embeddings=True) == lstm + head + 2 * vocab * dim
+    heads = sum(features * fc + fc + fc * 3 + 3 for features in (2 * h, 8 * h))  # single-sentence head, pair head
+    assert count_parameters(model, include_embeddings=False) == lstm + heads
+    assert count_parameters(model, include_embeddings=True) == lstm + heads + 2 * vocab * dim
+
+
+def test_config_round_trip() -> None:
+    model = make_model().eval()
+    rebuilt = BiLSTMStudent.from_config(json.loads(json.dumps(model.config())), [SINGLE, PAIR])
+    rebuilt.load_state_dict(model.state_dict())
+    rebuilt.eval()
+    for pair in (False, True):
+        torch.testing.assert_close(rebuilt(*task_batch(pair, [3, 5], [2, 4])), model(*task_batch(pair, [3, 5], [2, 4])))
 
 
 def test_paper_size_is_096m() -> None:
     """Tang et al.'s SST-2 student: 300-d multichannel, 150 units per direction, 200-unit ReLU layer."""
     params = BiLSTMParams(hidden_size=150, fc_hidden=200, multichannel=True)
-    model = BiLSTMStudent(params, torch.zeros(10, 300), 2, pair=False)
+    model = BiLSTMStudent(params, torch.zeros(10, 300), [get_task("sst2")])
     assert round(count_parameters(model, include_embeddings=False) / 1e6, 2) == 0.96
 
 
@@ -329,20 +357,27 @@ def test_vectors_embeddings_via_builder(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- training end to end
 
 
-def read_curve(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+def read_log(log_dir: Path) -> tuple[dict, dict[str, list[float]]]:
+    """DVCLive summary (metrics.json) and curves (plots/metrics/**.tsv, name -> values per step)."""
+    summary = json.loads((log_dir / "metrics.json").read_text())
+    curves = {}
+    for path in sorted((log_dir / "plots" / "metrics").rglob("*.tsv")):
+        rows = path.read_text().splitlines()[1:]
+        curves[path.relative_to(log_dir / "plots" / "metrics").with_suffix("").as_posix()] = [
+            float(row.split("\t")[1]) for row in rows
+        ]
+    return summary, curves
 
 
 def assert_saved_model_reproduces(
     model_dir: Path, prepared: Path, task_name: str, metric: str, value: float
 ) -> np.ndarray:
-    """load_model + predict on the dev split give ``value`` for ``metric`` again; return the logits."""
+    """load_student + predict on the dev split give ``value`` for ``metric`` again; return the logits."""
     task = get_task(task_name)
     dev = pq.read_table(prepared / task_name / "dev.parquet")
-    model, encoder = load_model(model_dir)
+    model, encoder = load_student(model_dir)
     text_b = dev.column("text_b").to_pylist() if task.is_pair else None
-    logits = predict(model, encoder, dev.column("text_a").to_pylist(), text_b, batch_size=7)
+    logits = predict(model, encoder, task_name, dev.column("text_a").to_pylist(), text_b, batch_size=7)
     assert logits.dtype == np.float32 and logits.shape == (len(dev), task.num_outputs)
     assert compute_metrics(task, logits, dev.column("label").to_numpy())[metric] == pytest.approx(value, abs=1e-6)
     return logits
@@ -352,30 +387,41 @@ def test_train_student_learns(teacher_dir: Path, tmp_path: Path) -> None:
     shards, prepared = tmp_path / "logits", tmp_path / "prepared"
     write_sst2_shards(shards)
     write_prepared(prepared, "sst2", "dev", sentiment_rows(60, seed=2))
-    out, curve = tmp_path / "student", tmp_path / "plots" / "student.csv"
-    summary = train_student(get_task("sst2"), tiny_params(), shards, prepared, teacher_dir, out, curve)
+    out, log_dir = tmp_path / "student", tmp_path / "dvclive" / "student"
+    summary = train_student(get_task("sst2"), tiny_params(), shards, prepared, teacher_dir, out, log_dir)
 
-    assert summary["train_rows"] == 200 and summary["dev_split"] == "dev"
-    assert summary["dev_accuracy"] >= 0.85
+    accuracy = summary["dev"]["sst2"]["accuracy"]
+    assert summary["train_rows"] == {"sst2": 200} and accuracy >= 0.85
     assert 0 < summary["parameters"] < summary["parameters_with_embeddings"]
     assert {p.name for p in out.iterdir()} == {"model.pt", "config.json", "encoder"}
-    rows = read_curve(curve)
-    assert list(rows[0]) == ["epoch", "train_loss", "dev_accuracy"]
-    assert len(rows) == summary["epochs_run"] and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
-    assert float(rows[summary["best_epoch"] - 1]["dev_accuracy"]) == summary["dev_accuracy"]
-    assert_saved_model_reproduces(out, prepared, "sst2", "accuracy", summary["dev_accuracy"])
+    logged, curves = read_log(log_dir)
+    assert set(curves) == {"train/loss", "dev/accuracy"}
+    assert len(curves["train/loss"]) == summary["epochs_run"] and curves["train/loss"][-1] < curves["train/loss"][0]
+    assert curves["dev/accuracy"][summary["best_epoch"] - 1] == pytest.approx(accuracy)
+    assert logged["best_epoch"] == summary["best_epoch"] and logged["best"]["sst2"]["accuracy"] == pytest.approx(accuracy)
+    assert_saved_model_reproduces(out, prepared, "sst2", "accuracy", accuracy)
+
+
+def test_train_student_is_deterministic(teacher_dir: Path, tmp_path: Path) -> None:
+    """Same seed, data and thread count: byte-identical weights."""
+    shards, prepared = tmp_path / "logits", tmp_path / "prepared"
+    write_sst2_shards(shards, n_original=40)
+    write_prepared(prepared, "sst2", "dev", sentiment_rows(20, seed=2))
+    for run in ("one", "two"):
+        train_student(get_task("sst2"), tiny_params(epochs=2), shards, prepared, teacher_dir, tmp_path / run, tmp_path / f"log-{run}")
+    assert (tmp_path / "one" / "model.pt").read_bytes() == (tmp_path / "two" / "model.pt").read_bytes()
 
 
 def test_train_baseline_learns(teacher_dir: Path, tmp_path: Path) -> None:
     prepared = tmp_path / "prepared"
     write_prepared(prepared, "sst2", "train", sentiment_rows(200, seed=3))
     write_prepared(prepared, "sst2", "dev", sentiment_rows(60, seed=2))
-    out, curve = tmp_path / "baseline", tmp_path / "baseline.csv"
+    out, log_dir = tmp_path / "baseline", tmp_path / "dvclive" / "baseline"
     params = tiny_params(embeddings="word", embedding_dim=16, multichannel=False, pooling="last")
-    summary = train_baseline(get_task("sst2"), params, prepared, teacher_dir, out, curve)
-    assert summary["model"] == "baseline" and summary["dev_accuracy"] >= 0.85
-    assert curve.exists() and (out / "encoder" / "words.txt").exists()
-    assert_saved_model_reproduces(out, prepared, "sst2", "accuracy", summary["dev_accuracy"])
+    summary = train_baseline(get_task("sst2"), params, prepared, teacher_dir, out, log_dir)
+    assert summary["dev"]["sst2"]["accuracy"] >= 0.85
+    assert (log_dir / "metrics.json").exists() and (out / "encoder" / "words.txt").exists()
+    assert_saved_model_reproduces(out, prepared, "sst2", "accuracy", summary["dev"]["sst2"]["accuracy"])
 
 
 def test_train_student_regression_pairs(teacher_dir: Path, tmp_path: Path) -> None:
@@ -397,9 +443,10 @@ def test_train_student_regression_pairs(teacher_dir: Path, tmp_path: Path) -> No
     dev = [{"id": r["id"], "text_a": r["text_a"], "text_b": r["text_b"], "label": r["logits"][0]} for r in rows[:20]]
     write_prepared(prepared, "stsb", "dev", dev)
     params = tiny_params(epochs=2, alpha=0.5, optimizer="adadelta")
-    summary = train_student(task, params, shards, prepared, teacher_dir, tmp_path / "out", tmp_path / "curve.csv")
-    assert set(read_curve(tmp_path / "curve.csv")[0]) == {"epoch", "train_loss", "dev_pearson", "dev_spearman"}
-    logits = assert_saved_model_reproduces(tmp_path / "out", prepared, "stsb", "pearson", summary["dev_pearson"])
+    summary = train_student(task, params, shards, prepared, teacher_dir, tmp_path / "out", tmp_path / "log")
+    assert set(read_log(tmp_path / "log")[1]) == {"train/loss", "dev/pearson", "dev/spearman"}
+    pearson = summary["dev"]["stsb"]["pearson"]
+    logits = assert_saved_model_reproduces(tmp_path / "out", prepared, "stsb", "pearson", pearson)
     assert logits.shape == (20, 1)
 
 

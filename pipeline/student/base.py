@@ -66,3 +66,9 @@ class StudentModel(nn.Module, ABC):
     def sparse_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters with sparse gradients (embedding tables), optimised by a sparse optimiser."""
         return []
+
+
+def count_parameters(model: nn.Module, include_embeddings: bool) -> int:
+    """Number of parameters (trainable or frozen); without embedding tables, as Tang et al.'s 0.96M."""
+    embedding_params = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if include_embeddings or id(p) not in embedding_params)

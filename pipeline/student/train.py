@@ -1,15 +1,16 @@
-"""Train the BiLSTM student by distillation from teacher logit shards, and the same BiLSTM without a teacher.
+"""One training loop for every student: single-task (Tang et al.) and multi-task (MKD), any architecture.
 
-Both share one training loop: length-bucketed shuffled batches, early stopping on the first dev split's
-primary metric, the best epoch's weights kept.
+``fit`` trains a ``StudentModel`` on one or several tasks: each mini-batch comes from one task (``TaskBatchSampler``),
+the loss is that task's (distillation from teacher logits, or supervised on gold labels), and after every epoch the
+dev split of every task is scored; early stopping follows the mean of the tasks' primary dev metrics and the best
+epoch's weights are kept. ``train_student`` and ``train_baseline`` are the single-task stages built on it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,43 +24,47 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pipeline import paths
-from pipeline.batching import bucket_batches, length_sorted_batches
-from pipeline.device import pick_device, seed_everything
-from pipeline.io import atomic_dir, write_csv_rows
+from pipeline.batching import length_sorted_batches
+from pipeline.device import autocast, autocast_dtype, pick_device, seed_everything
 from pipeline.metrics import compute_metrics
-from pipeline.params import BiLSTMParams, Params, TrainParams
+from pipeline.params import Params, TrainParams
+from pipeline.sampling import SamplingScheme, TaskBatchSampler
 from pipeline.shards import ShardError, load_shards, logits_matrix
-from pipeline.student.encoding import StudentEncoder, TokenArray, build_encoder
-from pipeline.student.model import BiLSTMStudent, count_parameters
+from pipeline.student.architectures import get_architecture, save_student
+from pipeline.student.base import StudentModel, count_parameters
+from pipeline.student.encoding import EncodedInputs, StudentEncoder
+from pipeline.student.optim import build_optimizers
 from pipeline.tasks import Task
 from pipeline.teacher import table_texts
+from pipeline.tracking import TrainingLog, training_log
 
 log = logging.getLogger(__name__)
 
 # Batch size for dev-set evaluation after each epoch.
 EVAL_BATCH_SIZE = 512
-MODEL_FILE = "model.pt"
-CONFIG_FILE = "config.json"
-ENCODER_DIR = "encoder"
 
 LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 
 
 @dataclass(frozen=True)
-class EncodedSet:
-    """Pre-encoded inputs and per-row target tensors (indexed by batch rows)."""
+class TaskData:
+    """One task's training inputs, per-row targets and loss, and its dev inputs with gold labels."""
 
-    ids_a: TokenArray
-    ids_b: TokenArray | None
+    task: Task
+    train: EncodedInputs
     targets: dict[str, torch.Tensor]
+    loss_fn: LossFn
+    dev: EncodedInputs
+    dev_labels: np.ndarray
 
-    def __len__(self) -> int:
-        return len(self.ids_a)
 
-    @property
-    def lengths(self) -> np.ndarray:
-        """Per-row length used for bucketing: the longer side of a pair."""
-        return self.ids_a.lengths if self.ids_b is None else np.maximum(self.ids_a.lengths, self.ids_b.lengths)
+@dataclass(frozen=True)
+class FitResult:
+    """Per-epoch records (``epoch``, ``train/loss``, ``dev/...``), the best epoch and its dev metrics per task."""
+
+    curve: list[dict[str, float]]
+    best_epoch: int
+    best_metrics: dict[str, dict[str, float]]
 
 
 def supervised_loss(logits: torch.Tensor, targets: torch.Tensor, regression: bool) -> torch.Tensor:
@@ -92,260 +97,220 @@ def distillation_loss(
     return alpha * ce + (1 - alpha) * F.mse_loss(student_logits, teacher_logits)
 
 
-def _model_inputs(data: EncodedSet, rows: np.ndarray, pad_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    ids_a, lengths_a = data.ids_a.batch(rows, pad_id)
-    if data.ids_b is None:
-        return ids_a.to(device), lengths_a
-    ids_b, lengths_b = data.ids_b.batch(rows, pad_id)
-    return ids_a.to(device), lengths_a, ids_b.to(device), lengths_b
+def distillation_loss_fn(task: Task, alpha: float) -> LossFn:
+    """The distillation loss over a batch's ``teacher``, ``label`` and ``label_mask`` targets."""
+
+    def loss_fn(logits: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        return distillation_loss(
+            logits, targets["teacher"], targets["label"], targets["label_mask"], alpha, task.is_regression
+        )
+
+    return loss_fn
+
+
+def supervised_loss_fn(task: Task) -> LossFn:
+    """The supervised loss over a batch's ``label`` targets (no teacher)."""
+
+    def loss_fn(logits: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        return supervised_loss(logits, targets["label"], task.is_regression)
+
+    return loss_fn
 
 
 @torch.inference_mode()
-def _predict_encoded(model: BiLSTMStudent, data: EncodedSet, pad_id: int, batch_size: int) -> np.ndarray:
+def predict_encoded(model: StudentModel, task: str, inputs: EncodedInputs, batch_size: int) -> np.ndarray:
+    """Logits ``[n, num_outputs]`` (float32, input order) of ``task``'s head, batched by length, in eval mode."""
     model.eval()
     device = next(model.parameters()).device
-    out = np.empty((len(data), model.num_outputs), dtype=np.float32)
-    for rows in length_sorted_batches(data.lengths, batch_size):
-        out[rows] = model(*_model_inputs(data, rows, pad_id, device)).float().cpu().numpy()
+    out = np.empty((len(inputs), model.tasks[task].num_outputs), dtype=np.float32)
+    for rows in length_sorted_batches(inputs.lengths, batch_size):
+        out[rows] = model(task, inputs.batch(rows, device)).float().cpu().numpy()
     return out
 
 
 def predict(
-    model: BiLSTMStudent, encoder: StudentEncoder, text_a: Sequence[str], text_b: Sequence[str] | None, batch_size: int
+    model: StudentModel,
+    encoder: StudentEncoder,
+    task: str,
+    text_a: Sequence[str],
+    text_b: Sequence[str] | None,
+    batch_size: int,
 ) -> np.ndarray:
-    """Logits ``[n, num_outputs]`` (float32, input order), batched by length, in eval/inference mode."""
-    ids_b = None if text_b is None else encoder.encode_array(text_b)
-    return _predict_encoded(model, EncodedSet(encoder.encode_array(text_a), ids_b, {}), encoder.pad_id, batch_size)
+    """Logits of ``task`` for raw texts (tokenisation included)."""
+    return predict_encoded(model, task, encoder.encode_inputs(text_a, text_b), batch_size)
 
 
-class SparseAdadelta(torch.optim.Optimizer):
-    """Adadelta for sparse row gradients (embedding tables), numerically equal to dense ``torch.optim.Adadelta``.
-
-    With a zero gradient, dense Adadelta leaves a row unchanged and only decays its two running averages by
-    ``rho``; here that decay is applied when the row is next touched (``rho ** skipped_steps``), so rows
-    absent from a batch cost nothing.
-    """
-
-    def __init__(self, params: Iterable[torch.Tensor], lr: float, rho: float, eps: float = 1e-6) -> None:
-        super().__init__(params, {"lr": lr, "rho": rho, "eps": eps})
-
-    @torch.no_grad()
-    def step(self, closure: None = None) -> None:  # type: ignore[override]
-        for group in self.param_groups:
-            lr, rho, eps = group["lr"], group["rho"], group["eps"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                grad = param.grad.coalesce()
-                rows, values = grad.indices()[0], grad.values()
-                state = self.state[param]
-                if not state:
-                    state["step"] = 0
-                    state["square_avg"] = torch.zeros_like(param)
-                    state["acc_delta"] = torch.zeros_like(param)
-                    state["last_step"] = torch.zeros(len(param), dtype=torch.long, device=param.device)
-                state["step"] += 1
-                decay = (rho ** (state["step"] - 1 - state["last_step"][rows]).to(param.dtype)).unsqueeze(1)
-                square_avg = state["square_avg"][rows] * decay * rho + (1 - rho) * values * values
-                acc_delta = state["acc_delta"][rows] * decay
-                delta = (acc_delta + eps).sqrt() / (square_avg + eps).sqrt() * values
-                state["square_avg"][rows] = square_avg
-                state["acc_delta"][rows] = acc_delta * rho + (1 - rho) * delta * delta
-                state["last_step"][rows] = state["step"]
-                param.index_add_(0, rows, delta, alpha=-lr)
+def _metric_names(task: Task, metrics: dict[str, float], multi_task: bool) -> dict[str, float]:
+    prefix = f"dev/{task.name}/" if multi_task else "dev/"
+    return {prefix + name: value for name, value in metrics.items()}
 
 
-def _optimizers(hp: TrainParams, model: BiLSTMStudent) -> list[torch.optim.Optimizer]:
-    """The configured optimiser for dense parameters, plus its sparse counterpart for the trainable embeddings.
-
-    Adadelta's sparse counterpart is exact (``SparseAdadelta``); Adam's is ``torch.optim.SparseAdam`` (lazy Adam).
-    """
-    sparse = [model.embedding.weight]
-    dense = [p for p in model.parameters() if p.requires_grad and p is not model.embedding.weight]
-    if hp.optimizer == "adadelta":
-        return [
-            torch.optim.Adadelta(dense, lr=hp.learning_rate, rho=hp.rho),
-            SparseAdadelta(sparse, lr=hp.learning_rate, rho=hp.rho),
-        ]
-    return [torch.optim.Adam(dense, lr=hp.learning_rate), torch.optim.SparseAdam(sparse, lr=hp.learning_rate)]
-
-
-def _fit(
-    model: BiLSTMStudent,
-    train: EncodedSet,
-    dev: EncodedSet,
-    loss_fn: LossFn,
-    task: Task,
+def fit(
+    model: StudentModel,
+    data: dict[str, TaskData],
     hp: TrainParams,
-    pad_id: int,
     seed: int,
-    desc: str,
-) -> tuple[list[dict[str, float]], int]:
-    """Train with early stopping on the dev primary metric; load the best epoch's weights into ``model``.
+    tracker: TrainingLog,
+    sampling: SamplingScheme = "proportional",
+    temperature: float = 1.0,
+    desc: str = "student",
+) -> FitResult:
+    """Train ``model`` on every task in ``data`` with early stopping; load the best epoch's weights into it.
 
-    Returns the per-epoch curve and the best epoch.
+    The early-stopping score is the mean over tasks of each task's primary dev metric (a NaN counts as worst).
     """
     device = next(model.parameters()).device
-    optimizers = _optimizers(hp, model)
-    rng = np.random.default_rng(seed)
-    lengths = train.lengths
+    dtype = autocast_dtype(device, hp.mixed_precision)
+    sampler = TaskBatchSampler(
+        {name: d.train.lengths for name, d in data.items()},
+        {name: hp.batch_size_for(d.task) for name, d in data.items()},
+        sampling, temperature, seed,
+    )  # fmt: skip
+    optimizers, schedulers = build_optimizers(hp, model, hp.epochs * sampler.batches_per_epoch())
+    multi_task = len(data) > 1
     curve: list[dict[str, float]] = []
-    best_score, best_epoch, best_state = -math.inf, 0, None
+    best_score, best_epoch, best_state, best_metrics = -math.inf, 0, None, {}
     for epoch in range(1, hp.epochs + 1):
         model.train()
         total, rows_seen = torch.zeros((), device=device), 0
-        for rows in tqdm(bucket_batches(lengths, hp.batch_size_for(task), rng), desc=f"{desc} epoch {epoch}", unit="batch"):
-            logits = model(*_model_inputs(train, rows, pad_id, device))
+        for task, rows in tqdm(sampler.epoch(), desc=f"{desc} epoch {epoch}", unit="batch"):
+            batch_data = data[task]
+            with autocast(device, dtype):
+                logits = model(task, batch_data.train.batch(rows, device))
             index = torch.from_numpy(rows)
-            loss = loss_fn(logits, {name: t[index].to(device) for name, t in train.targets.items()})
+            loss = batch_data.loss_fn(logits.float(), {k: t[index].to(device) for k, t in batch_data.targets.items()})
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             loss.backward()
             for optimizer in optimizers:
                 optimizer.step()
+            for scheduler in schedulers:
+                scheduler.step()
             total += loss.detach() * len(rows)
             rows_seen += len(rows)
-        dev_logits = _predict_encoded(model, dev, pad_id, EVAL_BATCH_SIZE)
-        metrics = compute_metrics(task, dev_logits, dev.targets["label"].numpy())
-        dev_metrics = {f"dev_{name}": value for name, value in metrics.items()}
-        curve.append({"epoch": epoch, "train_loss": total.item() / rows_seen, **dev_metrics})
-        log.info("%s epoch %d: %s", desc, epoch, curve[-1])
-        score = metrics[task.primary_metric]
-        if best_state is None or (not math.isnan(score) and score > best_score):
-            best_score = -math.inf if math.isnan(score) else score
-            best_epoch = epoch
+        metrics = {
+            name: compute_metrics(d.task, predict_encoded(model, name, d.dev, EVAL_BATCH_SIZE), d.dev_labels)
+            for name, d in data.items()
+        }
+        record = {"epoch": epoch, "train/loss": total.item() / rows_seen}
+        for name, task_metrics in metrics.items():
+            record.update(_metric_names(data[name].task, task_metrics, multi_task))
+        curve.append(record)
+        tracker.log_epoch({k: v for k, v in record.items() if k != "epoch"})
+        log.info("%s epoch %d: %s", desc, epoch, record)
+        primary = [metrics[name][d.task.primary_metric] for name, d in data.items()]
+        score = -math.inf if any(math.isnan(value) for value in primary) else float(np.mean(primary))
+        if best_state is None or score > best_score:
+            best_score, best_epoch, best_metrics = score, epoch, metrics
             best_state = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
         elif epoch - best_epoch >= hp.patience:
             break
     assert best_state is not None  # hp.epochs >= 1
     model.load_state_dict(best_state)
-    return curve, best_epoch
+    tracker.summary({"best_epoch": best_epoch, "epochs_run": len(curve), "best": best_metrics})
+    return FitResult(curve, best_epoch, best_metrics)
 
 
-def _labels(task: Task, column: pa.ChunkedArray) -> tuple[torch.Tensor, torch.Tensor]:
+def labels_and_mask(task: Task, column: pa.ChunkedArray) -> tuple[torch.Tensor, torch.Tensor]:
     """Label tensor (nulls filled with 0) and its validity mask."""
     dtype = torch.float32 if task.is_regression else torch.long
     values = torch.tensor(pc.fill_null(column, 0).to_numpy(), dtype=dtype)
     return values, torch.from_numpy(pc.is_valid(column).to_numpy())
 
 
-def _encode_table(encoder: StudentEncoder, task: Task, table: pa.Table, targets: dict[str, torch.Tensor]) -> EncodedSet:
-    text_a, text_b = table_texts(task, table)
-    return EncodedSet(encoder.encode_array(text_a), None if text_b is None else encoder.encode_array(text_b), targets)
+def encode_table(encoder: StudentEncoder, task: Task, table: pa.Table) -> EncodedInputs:
+    """The model inputs for a table with ``text_a`` (and ``text_b`` for pairs)."""
+    return encoder.encode_inputs(*table_texts(task, table))
 
 
-def _all_texts(task: Task, table: pa.Table) -> Iterator[str]:
+def all_texts(task: Task, table: pa.Table) -> Iterator[str]:
     """Every sentence of the table, lazily (only word vocabularies read them)."""
     for column in ("text_a", "text_b") if task.is_pair else ("text_a",):
         yield from table.column(column).to_pylist()
 
 
-def _train_and_save(
-    kind: str,
-    task: Task,
-    params: Params,
-    hp: TrainParams,
-    encoder: StudentEncoder,
-    embeddings: torch.Tensor,
-    train: EncodedSet,
-    loss_fn: LossFn,
+def distillation_targets(task: Task, table: pa.Table) -> dict[str, torch.Tensor]:
+    """Per-row targets of shard rows: teacher logits, gold labels (0 where missing) and where labels exist."""
+    labels, label_mask = labels_and_mask(task, table.column("label"))
+    return {"teacher": torch.tensor(logits_matrix(table)), "label": labels, "label_mask": label_mask}
+
+
+def dev_split(task: Task, prepared_dir: Path) -> tuple[str, pa.Table]:
+    """Name and table of the task's first dev split (early stopping and reported dev metrics)."""
+    name = task.dev_splits[0]
+    return name, pq.read_table(paths.prepared_split(task.name, name, prepared_dir))
+
+
+def build_task_data(
+    task: Task, encoder: StudentEncoder, train: pa.Table, targets: dict[str, torch.Tensor], loss_fn: LossFn,
     prepared_dir: Path,
-    out_dir: Path,
-    curve_path: Path,
-) -> dict[str, Any]:
-    """Build the BiLSTM, fit it, write the model dir and curve; return the training summary."""
-    dev_split = task.dev_splits[0]
-    dev_table = pq.read_table(paths.prepared_split(task.name, dev_split, prepared_dir))
-    dev = _encode_table(encoder, task, dev_table, {"label": _labels(task, dev_table.column("label"))[0]})
-    model = BiLSTMStudent(params.bilstm, embeddings, task.num_outputs, task.is_pair).to(pick_device())
-    curve, best_epoch = _fit(model, train, dev, loss_fn, task, hp, encoder.pad_id, params.seed, f"{kind} {task.name}")
-    summary = {
-        "model": kind,
-        "task": task.name,
-        "train_rows": len(train),
-        "dev_split": dev_split,
-        "epochs_run": len(curve),
-        "best_epoch": best_epoch,
-        **{k: v for k, v in curve[best_epoch - 1].items() if k.startswith("dev_")},
-        "parameters": count_parameters(model, include_embeddings=False),
-        "parameters_with_embeddings": count_parameters(model, include_embeddings=True),
-    }
-    config = {
-        "task": task.name,
-        "bilstm": params.bilstm.model_dump(mode="json"),
-        "vocab_size": encoder.vocab_size,
-        "embedding_dim": embeddings.shape[1],
-        "num_outputs": task.num_outputs,
-        "pair": task.is_pair,
-        "training": summary,
-    }
-    with atomic_dir(out_dir) as tmp:
-        torch.save(model.state_dict(), tmp / MODEL_FILE)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        encoder.save(tmp / ENCODER_DIR)
-    write_csv_rows(curve, curve_path)
-    return summary
+) -> TaskData:  # fmt: skip
+    """Encode a task's training table and its dev split for ``fit``."""
+    _, dev = dev_split(task, prepared_dir)
+    return TaskData(
+        task, encode_table(encoder, task, train), targets, loss_fn, encode_table(encoder, task, dev),
+        dev.column("label").to_numpy(),
+    )  # fmt: skip
 
 
 def read_shards(task: Task, shard_dir: Path) -> pa.Table:
-    """The columns the student needs from every logit shard, verified against the score manifest."""
-    table = load_shards(shard_dir, columns=["text_a", "text_b", "label", "logits"])
+    """The columns students need from every logit shard, verified against the score manifest."""
+    table = load_shards(shard_dir, columns=["source_id", "is_original", "text_a", "text_b", "label", "logits"])
     width = table.schema.field("logits").type.list_size
     if width != task.num_outputs:
         raise ShardError(f"{shard_dir}: logits have {width} values per row, task {task.name} needs {task.num_outputs}")
     return table
 
 
+def training_summary(model: StudentModel, result: FitResult, train_rows: dict[str, int]) -> dict[str, Any]:
+    """What a saved student records about its training: rows, epochs, best dev metrics, parameter counts."""
+    return {
+        "train_rows": train_rows,
+        "epochs_run": len(result.curve),
+        "best_epoch": result.best_epoch,
+        "dev": result.best_metrics,
+        "parameters": count_parameters(model, include_embeddings=False),
+        "parameters_with_embeddings": count_parameters(model, include_embeddings=True),
+    }
+
+
+def _train_single_task(
+    task: Task, params: Params, hp: TrainParams, train: pa.Table, targets: dict[str, torch.Tensor], loss_fn: LossFn,
+    prepared_dir: Path, teacher_dir: Path, out_dir: Path, log_dir: Path, desc: str,
+) -> dict[str, Any]:  # fmt: skip
+    """Build Tang et al.'s BiLSTM for one task, fit it, save it; return the training summary."""
+    seed_everything(params.seed)
+    model, encoder = get_architecture("bilstm").build(params, [task], teacher_dir, all_texts(task, train), params.seed)
+    model.to(pick_device())
+    data = {task.name: build_task_data(task, encoder, train, targets, loss_fn, prepared_dir)}
+    with training_log(log_dir) as tracker:
+        result = fit(model, data, hp, params.seed, tracker, desc=f"{desc} {task.name}")
+    summary = training_summary(model, result, {task.name: train.num_rows})
+    save_student(model, encoder, out_dir, summary)
+    return summary
+
+
 def train_student(
-    task: Task, params: Params, shard_dir: Path, prepared_dir: Path, teacher_dir: Path, out_dir: Path, curve_path: Path
+    task: Task, params: Params, shard_dir: Path, prepared_dir: Path, teacher_dir: Path, out_dir: Path, log_dir: Path
 ) -> dict[str, Any]:
     """Distil the teacher's logits (all shard rows) into the BiLSTM student; save it; return a summary."""
-    seed_everything(params.seed)
     table = read_shards(task, shard_dir)
-    encoder, embeddings = build_encoder(params.bilstm, teacher_dir, _all_texts(task, table), params.seed)
-    labels, label_mask = _labels(task, table.column("label"))
-    targets = {"teacher": torch.tensor(logits_matrix(table)), "label": labels, "label_mask": label_mask}
-    train = _encode_table(encoder, task, table, targets)
-    alpha, regression = params.student.alpha, task.is_regression
-
-    def loss_fn(student_logits: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
-        return distillation_loss(student_logits, t["teacher"], t["label"], t["label_mask"], alpha, regression)
-
-    return _train_and_save(
-        "student", task, params, params.student, encoder, embeddings, train, loss_fn,
-        prepared_dir=prepared_dir, out_dir=out_dir, curve_path=curve_path,
+    return _train_single_task(
+        task, params, params.student, table, distillation_targets(task, table),
+        distillation_loss_fn(task, params.student.alpha), prepared_dir, teacher_dir, out_dir, log_dir, "student",
     )  # fmt: skip
 
 
 def train_baseline(
-    task: Task, params: Params, prepared_dir: Path, teacher_dir: Path, out_dir: Path, curve_path: Path
+    task: Task, params: Params, prepared_dir: Path, teacher_dir: Path, out_dir: Path, log_dir: Path
 ) -> dict[str, Any]:
     """Train the same BiLSTM on the labelled train split only (CE, or MSE for regression); no teacher logits.
 
     ``teacher_dir`` is read only for the ``wordpiece`` tokenizer and embedding init.
     """
-    seed_everything(params.seed)
     table = pq.read_table(paths.prepared_split(task.name, "train", prepared_dir))
-    encoder, embeddings = build_encoder(params.bilstm, teacher_dir, _all_texts(task, table), params.seed)
-    train = _encode_table(encoder, task, table, {"label": _labels(task, table.column("label"))[0]})
-    regression = task.is_regression
-
-    def loss_fn(student_logits: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
-        return supervised_loss(student_logits, t["label"], regression)
-
-    return _train_and_save(
-        "baseline", task, params, params.baseline, encoder, embeddings, train, loss_fn,
-        prepared_dir=prepared_dir, out_dir=out_dir, curve_path=curve_path,
+    targets = {"label": labels_and_mask(task, table.column("label"))[0]}
+    return _train_single_task(
+        task, params, params.baseline, table, targets, supervised_loss_fn(task),
+        prepared_dir, teacher_dir, out_dir, log_dir, "baseline",
     )  # fmt: skip
-
-
-def load_model(model_dir: Path, device: torch.device | None = None) -> tuple[BiLSTMStudent, StudentEncoder]:
-    """Rebuild a saved student/baseline (eval mode, on ``device`` or the default device) and its encoder."""
-    config = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-    device = device or pick_device()
-    placeholder = torch.zeros(config["vocab_size"], config["embedding_dim"])
-    bilstm = BiLSTMParams.model_validate(config["bilstm"])
-    model = BiLSTMStudent(bilstm, placeholder, config["num_outputs"], config["pair"])
-    model.load_state_dict(torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True))
-    return model.to(device).eval(), StudentEncoder.load(model_dir / ENCODER_DIR)
-
