@@ -127,6 +127,21 @@ def baseline(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> No
 
 
 @app.command()
+def mkd(
+    student: Annotated[str, typer.Option("--student", "-s", help="architecture: biattentive, transformer or bilstm")],
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+) -> None:
+    """MKD: distil every task jointly into one student of this architecture, then fine-tune it per task."""
+    from pipeline.mkd import run_mkd
+
+    with _user_errors():
+        hp = load_params(params)
+        run_mkd(
+            student, hp, paths.LOGITS_DIR, paths.PREPARED_DIR, paths.mkd_dir(student), paths.training_log("mkd", student)
+        )
+
+
+@app.command()
 def evaluate(
     task: TaskOption,
     params: ParamsOption = DEFAULT_PARAMS_PATH,

@@ -9,6 +9,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.sampling import SamplingScheme
 from pipeline.tasks import Task, get_task
 
 GLUE_DIR_ENV = "DISTILLERY_GLUE_DIR"
@@ -122,6 +123,32 @@ class StudentParams(TrainParams):
     alpha: float = Field(default=0.0, ge=0, le=1)
 
 
+class MKDTrainingParams(_Section):
+    """Joint-distillation training of each MKD student architecture."""
+
+    bilstm: TrainParams = TrainParams()
+    biattentive: TrainParams = TrainParams(optimizer="adam", learning_rate=1e-3, batch_size=64, batch_size_pair=64)
+    transformer: TrainParams = TrainParams(
+        optimizer="adamw", learning_rate=1e-4, batch_size=32, batch_size_pair=32, weight_decay=0.01,
+        schedule="linear", warmup_ratio=0.1, epochs=2,
+    )  # fmt: skip
+
+
+class MKDParams(_Section):
+    """Multi-task knowledge distillation (Liu et al.): one student per architecture for all tasks."""
+
+    teacher: Literal["multitask", "single"] = "multitask"  # whose logit shards the students learn from
+    students: list[Literal["biattentive", "transformer", "bilstm"]] = Field(
+        default_factory=lambda: ["biattentive", "transformer", "bilstm"], min_length=1
+    )
+    sampling: SamplingScheme = "proportional"
+    temperature: float = Field(default=1.0, gt=0)  # sampling: temperature -> p_task ~ size ** (1 / temperature)
+    alpha: float = Field(default=0.0, ge=0, le=1)  # as student.alpha
+    max_originals_per_task: int | None = Field(default=None, gt=0)  # transfer rows of a seeded subset of originals
+    finetune_epochs: int = Field(default=1, ge=0)  # per-task fine-tuning after joint distillation; 0 = off
+    training: MKDTrainingParams = MKDTrainingParams()
+
+
 class EvaluateParams(_Section):
     speed_examples: int = Field(default=512, gt=0)
     speed_batch_sizes: list[int] = Field(default_factory=lambda: [1, 256])
@@ -139,6 +166,7 @@ class Params(_Section):
     bilstm: BiLSTMParams = BiLSTMParams()
     student: StudentParams = StudentParams()
     baseline: TrainParams = TrainParams(epochs=10, patience=3)
+    mkd: MKDParams = MKDParams()
     evaluate: EvaluateParams = EvaluateParams()
 
     @model_validator(mode="after")

@@ -67,6 +67,12 @@ class StudentModel(nn.Module, ABC):
         """Trainable parameters with sparse gradients (embedding tables), optimised by a sparse optimiser."""
         return []
 
+    def keep_tasks(self, names: Sequence[str]) -> None:
+        """Drop every task (and its head) not in ``names``, e.g. to ship a per-task model from a multi-task one."""
+        for name in [name for name in self.tasks if name not in names]:
+            del self.tasks[name]
+            del self.heads[name]  # type: ignore[attr-defined]  # every architecture keeps its heads in ``heads``
+
 
 def count_parameters(model: nn.Module, include_embeddings: bool) -> int:
     """Number of parameters (trainable or frozen); without embedding tables, as Tang et al.'s 0.96M."""

@@ -1,0 +1,130 @@
+"""MKD stage (Liu et al.): one student per architecture, distilled jointly on every task, then fine-tuned per task.
+
+The student (shared layers + one head per task) learns from each task's logit shards — scored by the multi-task
+teacher (``mkd.teacher: multitask``) or by the single-task teachers (``single``) — with every mini-batch from one
+task. Optional per-task fine-tuning then starts from the jointly distilled weights and yields one model per task; a
+task keeps the fine-tuned model only if it beats the joint model on that task's dev split.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import paths
+from pipeline.device import pick_device, seed_everything
+from pipeline.io import atomic_dir
+from pipeline.params import Params, TrainParams
+from pipeline.student.architectures import get_architecture, save_student
+from pipeline.student.base import StudentModel
+from pipeline.student.encoding import StudentEncoder
+from pipeline.student.train import (
+    TaskData,
+    all_texts,
+    build_task_data,
+    distillation_loss_fn,
+    distillation_targets,
+    fit,
+    read_shards,
+    training_summary,
+)
+from pipeline.tasks import Task, get_task
+from pipeline.teacher import resolve_checkpoint
+from pipeline.tracking import training_log
+
+log = logging.getLogger(__name__)
+
+JOINT_MODEL = "multitask"  # folder (under models/mkd/<architecture>) of the jointly distilled student
+
+
+def subset_originals(table: pa.Table, max_originals: int | None, seed: int) -> pa.Table:
+    """The rows of a transfer set (or its shards) that belong to a seeded random subset of at most ``max_originals``
+    original examples: each kept original with all its synthetic variants. ``None`` keeps every row."""
+    source_ids = np.unique(table.column("source_id").to_numpy())
+    if max_originals is None or len(source_ids) <= max_originals:
+        return table
+    kept = np.random.default_rng(seed).choice(source_ids, size=max_originals, replace=False)
+    return table.filter(pc.is_in(table.column("source_id"), value_set=pa.array(kept)))
+
+
+def _task_data(task: Task, params: Params, encoder: StudentEncoder, table: pa.Table, prepared_dir: Path) -> TaskData:
+    loss_fn = distillation_loss_fn(task, params.mkd.alpha)
+    return build_task_data(task, encoder, table, distillation_targets(task, table), loss_fn, prepared_dir)
+
+
+def run_mkd(
+    architecture: str, params: Params, logits_root: Path, prepared_dir: Path, out_dir: Path, log_dir: Path
+) -> dict[str, Any]:
+    """Distil every task in ``params.tasks`` into one ``architecture`` student, then fine-tune per task; save all.
+
+    Writes ``out_dir/multitask`` (the joint student, all heads) and, with ``mkd.finetune_epochs > 0``,
+    ``out_dir/<task>`` (one head each). Returns a summary with every model's best dev metrics.
+    """
+    train_params = getattr(params.mkd.training, architecture)
+    tasks = [get_task(name) for name in params.tasks]
+    seed_everything(params.seed)
+    tables = {
+        task.name: subset_originals(
+            read_shards(task, paths.shard_dir(task.name, params.mkd.teacher, logits_root)),
+            params.mkd.max_originals_per_task, params.seed,
+        )
+        for task in tasks
+    }  # fmt: skip
+    texts = itertools.chain.from_iterable(all_texts(task, tables[task.name]) for task in tasks)
+    init_dir = Path(resolve_checkpoint(params.teacher.checkpoint))
+    model, encoder = get_architecture(architecture).build(params, tasks, init_dir, texts, params.seed)
+    model.to(pick_device())
+    data = {task.name: _task_data(task, params, encoder, tables[task.name], prepared_dir) for task in tasks}
+    rows = {name: table.num_rows for name, table in tables.items()}
+    log.info("mkd %s: transfer rows per task %s; training %s", architecture, rows, train_params)
+    shutil.rmtree(log_dir, ignore_errors=True)
+    with atomic_dir(out_dir) as tmp_out:
+        summary = _distil_and_fine_tune(architecture, params, train_params, model, encoder, data, rows, tmp_out, log_dir)
+    return summary
+
+
+def _distil_and_fine_tune(
+    architecture: str, params: Params, train_params: TrainParams, model: StudentModel, encoder: StudentEncoder,
+    data: dict[str, TaskData], rows: dict[str, int], out_dir: Path, log_dir: Path,
+) -> dict[str, Any]:  # fmt: skip
+    tasks = [d.task for d in data.values()]
+    with training_log(log_dir / JOINT_MODEL) as tracker:
+        joint = fit(
+            model, data, train_params, params.seed, tracker, params.mkd.sampling, params.mkd.temperature,
+            desc=f"mkd {architecture}",
+        )  # fmt: skip
+    summary: dict[str, Any] = {JOINT_MODEL: training_summary(model, joint, rows)}
+    save_student(model, encoder, out_dir / JOINT_MODEL, summary[JOINT_MODEL])
+
+    if params.mkd.finetune_epochs:
+        finetune_params = train_params.model_copy(update={"epochs": params.mkd.finetune_epochs})
+        for task in tasks:
+            tuned = copy.deepcopy(model)
+            tuned.keep_tasks([task.name])
+            with training_log(log_dir / task.name) as tracker:
+                result = fit(
+                    tuned, {task.name: data[task.name]}, finetune_params, params.seed, tracker,
+                    desc=f"mkd {architecture} fine-tune {task.name}",
+                )  # fmt: skip
+            primary = task.primary_metric
+            improved = result.best_metrics[task.name][primary] > joint.best_metrics[task.name][primary]
+            if not improved:
+                tuned = copy.deepcopy(model)
+                tuned.keep_tasks([task.name])
+            task_summary = {
+                **training_summary(tuned, result, {task.name: rows[task.name]}),
+                "fine_tuned": improved,
+                "dev": {task.name: result.best_metrics[task.name] if improved else joint.best_metrics[task.name]},
+            }
+            log.info("mkd %s %s: %s", architecture, task.name, "fine-tuned" if improved else "joint model kept")
+            summary[task.name] = task_summary
+            save_student(tuned, encoder, out_dir / task.name, task_summary)
+    return summary

@@ -1,0 +1,124 @@
+"""MKD stage: transfer-set subsets, joint distillation of one student on several tasks, per-task fine-tuning."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import paths
+from pipeline.mkd import subset_originals
+from pipeline.params import Params
+from pipeline.schema import shard_schema
+from pipeline.score import write_manifest
+from pipeline.student.architectures import load_student, read_student_config
+from pipeline.student.train import predict
+from pipeline.tasks import get_task
+from tests.test_student import NEGATIVE, POSITIVE, sentence, teacher_dir, write_prepared  # noqa: F401 (fixture)
+
+TASKS = ("sst2", "rte", "stsb")
+
+
+def transfer_rows(task_name: str, n_originals: int, seed: int) -> list[dict]:
+    """Originals and one synthetic copy each; the teacher's logits follow the sentiment words (scores for STS-B)."""
+    task, rng = get_task(task_name), random.Random(seed)
+    rows = []
+    for source_id in range(n_originals):
+        positive = source_id % 2 == 0
+        text_a = sentence(rng, positive)
+        text_b = sentence(rng, positive == (source_id % 3 == 0)) if task.is_pair else None
+        if task.is_regression:
+            label, logits = 4.0 if positive else 1.0, [4.0 if positive else 1.0]
+        else:
+            label, logits = int(positive), [-2.0, 2.0] if positive else [2.0, -2.0]
+        for synthetic in (False, True):
+            rows.append({
+                "id": len(rows), "source_id": source_id, "is_original": not synthetic,
+                "text_a": f"[MASK] {text_a}" if synthetic else text_a, "text_b": text_b,
+                "label": None if synthetic else label, "ops": ["mask"] if synthetic else [], "logits": logits,
+            })  # fmt: skip
+    return rows
+
+
+def write_task(root: Path, task_name: str, n_originals: int = 60) -> None:
+    """Shards under ``root/logits/single/<task>`` and a prepared dev split under ``root/prepared``."""
+    task = get_task(task_name)
+    rows = transfer_rows(task_name, n_originals, seed=len(task_name))
+    shard_dir = paths.shard_dir(task_name, "single", root / "logits")
+    shard_dir.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=shard_schema(task)), shard_dir / "part-00000.parquet")
+    write_manifest(task, shard_dir, {}, Params())
+    dev = [
+        {"id": i, "text_a": r["text_a"], "text_b": r["text_b"], "label": r["label"]}
+        for i, r in enumerate(transfer_rows(task_name, 20, seed=99)) if r["is_original"]
+    ]
+    write_prepared(root / "prepared", task_name, "dev", dev)
+
+
+def test_subset_originals_keeps_whole_groups() -> None:
+    table = pa.Table.from_pylist(transfer_rows("sst2", 50, seed=0), schema=shard_schema(get_task("sst2")))
+    subset = subset_originals(table, 10, seed=3)
+    sources = subset.column("source_id").to_pylist()
+    assert len(set(sources)) == 10 and subset.num_rows == 20  # each kept original with its synthetic copy
+    assert subset.equals(subset_originals(table, 10, seed=3))
+    assert set(sources) != set(subset_originals(table, 10, seed=4).column("source_id").to_pylist())
+    assert subset_originals(table, None, seed=3) is table and subset_originals(table, 50, seed=3) is table
+
+
+@pytest.fixture()
+def mkd_params(teacher_dir: Path) -> Params:  # noqa: F811 (pytest fixture)
+    train = {"epochs": 3, "batch_size": 16, "batch_size_pair": 16, "optimizer": "adam", "learning_rate": 0.01}
+    return Params.model_validate({
+        "tasks": list(TASKS),
+        "teacher": {"checkpoint": str(teacher_dir)},
+        "bilstm": {"hidden_size": 16, "fc_hidden": 16, "max_length": 16, "dropout": 0.0},
+        "mkd": {"teacher": "single", "finetune_epochs": 1, "training": {"bilstm": train}},
+    })  # fmt: skip
+
+
+def test_run_mkd_joint_and_fine_tuned_students(mkd_params: Params, tmp_path: Path) -> None:
+    from pipeline.mkd import run_mkd
+
+    for task in TASKS:
+        write_task(tmp_path, task)
+    out, logs = tmp_path / "models" / "bilstm", tmp_path / "dvclive" / "bilstm"
+    summary = run_mkd("bilstm", mkd_params, tmp_path / "logits", tmp_path / "prepared", out, logs)
+
+    joint_config = read_student_config(out / "multitask")
+    assert joint_config["architecture"] == "bilstm" and joint_config["tasks"] == list(TASKS)
+    assert summary["multitask"]["train_rows"] == {task: 120 for task in TASKS}
+    assert summary["multitask"]["dev"]["sst2"]["accuracy"] >= 0.8
+    joint, encoder = load_student(out / "multitask")
+    assert set(joint.heads) == set(TASKS)
+    curves = {p.relative_to(logs / "multitask" / "plots" / "metrics").as_posix() for p in logs.rglob("multitask/**/*.tsv")}
+    assert {"train/loss.tsv", "dev/sst2/accuracy.tsv", "dev/rte/accuracy.tsv", "dev/stsb/pearson.tsv"} <= curves
+
+    for task in TASKS:
+        tuned, tuned_encoder = load_student(out / task)
+        assert list(tuned.heads) == [task] and read_student_config(out / task)["tasks"] == [task]
+        assert isinstance(summary[task]["fine_tuned"], bool)
+        spec = get_task(task)
+        dev = pq.read_table(tmp_path / "prepared" / task / "dev.parquet")
+        text_b = dev.column("text_b").to_pylist() if spec.is_pair else None
+        logits = predict(tuned, tuned_encoder, task, dev.column("text_a").to_pylist(), text_b, batch_size=8)
+        assert logits.shape == (dev.num_rows, spec.num_outputs)
+        primary = spec.primary_metric
+        assert summary[task]["dev"][task][primary] >= summary["multitask"]["dev"][task][primary]
+        assert json.loads((logs / task / "metrics.json").read_text())["best_epoch"] >= 1
+
+
+def test_run_mkd_without_fine_tuning_writes_only_the_joint_model(mkd_params: Params, tmp_path: Path) -> None:
+    from pipeline.mkd import run_mkd
+
+    for task in ("sst2", "stsb"):
+        write_task(tmp_path, task, n_originals=30)
+    params = mkd_params.model_copy(update={
+        "tasks": ["sst2", "stsb"], "mkd": mkd_params.mkd.model_copy(update={"finetune_epochs": 0}),
+    })  # fmt: skip
+    out = tmp_path / "models" / "bilstm"
+    run_mkd("bilstm", params, tmp_path / "logits", tmp_path / "prepared", out, tmp_path / "logs")
+    assert sorted(p.name for p in out.iterdir()) == ["multitask"]
