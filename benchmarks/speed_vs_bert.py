@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes per model; the fastest counts")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per model, interleaved; the median counts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     task = get_task(args.task)
@@ -51,16 +51,13 @@ def main() -> None:
         models[f"{name} (random init, timing only)"] = BertForSequenceClassification(config).eval()
     student, encoder = load_student(paths.student_dir(task.name), cpu)
 
-    rates = {
-        name: measure_throughput(
-            lambda a, b, bs, model=model: predict_logits(model, tokenizer, a, b, bs, MAX_LENGTH),
-            text_a, text_b, args.batch_size, args.repeats,
-        )
+    predictors = {
+        name: lambda a, b, bs, model=model: predict_logits(model, tokenizer, a, b, bs, MAX_LENGTH)
         for name, model in models.items()
     }
-    rates["student"] = measure_throughput(
-        lambda a, b, bs: predict(student, encoder, task.name, a, b, bs), text_a, text_b, args.batch_size, args.repeats
-    )
+    predictors["student"] = lambda a, b, bs: predict(student, encoder, task.name, a, b, bs)
+    speed = measure_throughput(predictors, text_a, text_b, args.batch_size, args.repeats)
+    rates = {name: value["median"] for name, value in speed.items()}
     print(f"task {task.name}, {len(text_a)} dev sentences, batch size {args.batch_size}, {args.threads} CPU threads")
     for name, rate in rates.items():
         ratio = rates["student"] / rate

@@ -154,13 +154,29 @@ def evaluate(
 
     with _stage(task, params) as (spec, hp):
         splits = file_split(spec, data) if data else dev_splits(spec)
-        report = evaluate_splits(spec, hp, splits)
+        report = evaluate_splits(spec, hp, splits, all_models=data is not None)
         table = markdown_table(report)
         if data is None:
             write_json(report, out or paths.evaluation_metrics(spec.name))
             write_text(table, paths.evaluation_table(spec.name))
         elif out is not None:
             write_json(report, out)
+        typer.echo(table)
+
+
+@app.command()
+def compare(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
+    """Compare every model on every task: teachers, Tang students, baselines, MKD students; average, size, speed."""
+    from pipeline.compare import compare as run_compare
+    from pipeline.compare import markdown_report, metrics_summary
+    from pipeline.io import write_json, write_text
+
+    with _user_errors():
+        summary = run_compare(load_params(params))
+        table = markdown_report(summary)
+        write_json(summary["reports"], paths.COMPARISON_REPORTS)
+        write_json(metrics_summary(summary), paths.COMPARISON_METRICS)
+        write_text(table, paths.COMPARISON_TABLE)
         typer.echo(table)
 
 

@@ -1,14 +1,16 @@
 """Evaluate stage: teacher vs KD student vs no-KD baseline on dev (or any GLUE-format file).
 
-Reports each task metric, parameter counts, and CPU inference throughput at several batch sizes, all
-models timed in one run with the same thread count.
+Reports each task metric, parameter counts, and CPU inference throughput at several batch sizes, all models timed
+in one run with the same thread count, their timed passes interleaved (model A, B, C, then A, B, C again...) so a
+change of machine load biases no model. The same functions evaluate the multi-task models (the MKD comparison).
 """
 
 from __future__ import annotations
 
-import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,115 +31,199 @@ from pipeline.tasks import Task
 from pipeline.teacher import load_teacher, predict_logits, table_texts
 
 Predictor = Callable[[Sequence[str], Sequence[str] | None, int], np.ndarray]
-MODELS = ("teacher", "student", "baseline")
 
 
-def load_predictors(task: Task, params: Params, device: torch.device) -> tuple[dict[str, Predictor], dict[str, dict[str, int]]]:
-    """A predict function (texts -> logits) and parameter counts for each of the three models."""
-    teacher, tokenizer = load_teacher(paths.teacher_dir(task.name), device)
-    predictors: dict[str, Predictor] = {
-        "teacher": lambda a, b, batch_size: predict_logits(
-            teacher, tokenizer, a, b, batch_size, params.teacher.max_length, params.teacher.mixed_precision
-        )
-    }
-    teacher_params = sum(p.numel() for p in teacher.parameters())
-    sizes = {"teacher": {"total": teacher_params, "without_embeddings": teacher_params - _teacher_embedding_params(teacher)}}
-    for name, model_dir in (("student", paths.student_dir(task.name)), ("baseline", paths.baseline_dir(task.name))):
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to score texts (``predict(text_a, text_b, batch_size) -> logits``) and its size."""
+
+    predict: Predictor
+    parameters: dict[str, int]  # "total" and "without_embeddings"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model lives and how to load it onto a device."""
+
+    path: Path
+    load: Callable[[torch.device], LoadedModel]
+
+
+def teacher_source(model_dir: Path, params: Params) -> ModelSource:
+    """A fine-tuned Hugging Face teacher folder (single-task teacher, or one task of the multi-task teacher)."""
+
+    def load(device: torch.device) -> LoadedModel:
+        model, tokenizer = load_teacher(model_dir, device)
+        total = sum(p.numel() for p in model.parameters())
+        embeddings = sum(p.numel() for name, p in model.named_parameters() if ".embeddings." in f".{name}")
+
+        def predict_fn(a: Sequence[str], b: Sequence[str] | None, batch_size: int) -> np.ndarray:
+            return predict_logits(model, tokenizer, a, b, batch_size, params.teacher.max_length, params.teacher.mixed_precision)
+
+        return LoadedModel(predict_fn, {"total": total, "without_embeddings": total - embeddings})
+
+    return ModelSource(model_dir, load)
+
+
+def student_source(model_dir: Path, task: Task) -> ModelSource:
+    """A saved student of any architecture (``save_student``), scoring ``task`` with its head."""
+
+    def load(device: torch.device) -> LoadedModel:
         model, encoder = load_student(model_dir, device)
-        predictors[name] = lambda a, b, batch_size, model=model, encoder=encoder: predict(
-            model, encoder, task.name, a, b, batch_size
-        )
-        sizes[name] = {
+
+        def predict_fn(a: Sequence[str], b: Sequence[str] | None, batch_size: int) -> np.ndarray:
+            return predict(model, encoder, task.name, a, b, batch_size)
+
+        sizes = {
             "total": count_parameters(model, include_embeddings=True),
             "without_embeddings": count_parameters(model, include_embeddings=False),
         }
-    return predictors, sizes
+        return LoadedModel(predict_fn, sizes)
+
+    return ModelSource(model_dir, load)
 
 
-def _teacher_embedding_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for name, p in model.named_parameters() if ".embeddings." in f".{name}")
+def single_task_models(task: Task, params: Params) -> dict[str, ModelSource]:
+    """The single-task teacher, Tang et al.'s KD student and the no-KD baseline of ``task``."""
+    return {
+        "teacher": teacher_source(paths.teacher_dir(task.name), params),
+        "student": student_source(paths.student_dir(task.name), task),
+        "baseline": student_source(paths.baseline_dir(task.name), task),
+    }
+
+
+def multi_task_models(task: Task, params: Params) -> dict[str, ModelSource]:
+    """The multi-task teacher's ``task`` model and each MKD student: jointly distilled, and as kept per task."""
+    models = {"mt_teacher": teacher_source(paths.mt_teacher_dir(task.name), params)}
+    for architecture in params.mkd.students:
+        root = paths.mkd_dir(architecture)
+        models[f"mkd_{architecture}_joint"] = student_source(root / "multitask", task)
+        if params.mkd.finetune_epochs:
+            models[f"mkd_{architecture}"] = student_source(root / task.name, task)
+    return models
+
+
+def existing(models: dict[str, ModelSource]) -> dict[str, ModelSource]:
+    """The models whose folders exist (for ad-hoc evaluation of whatever has been trained)."""
+    return {name: source for name, source in models.items() if source.path.is_dir()}
+
+
+def time_pass(predictor: Predictor, text_a: Sequence[str], text_b: Sequence[str] | None, batch_size: int) -> float:
+    """Seconds for one pass over the texts, tokenisation included."""
+    start = time.perf_counter()
+    predictor(text_a, text_b, batch_size)
+    return time.perf_counter() - start
 
 
 def measure_throughput(
-    predictor: Predictor, text_a: Sequence[str], text_b: Sequence[str] | None, batch_size: int, repeats: int
-) -> float:
-    """Sentences (or pairs) per second, tokenisation included: the best of ``repeats`` passes after a warm-up."""
-    predictor(text_a[:batch_size], text_b[:batch_size] if text_b else None, batch_size)  # warm-up
-    best = math.inf
+    predictors: dict[str, Predictor], text_a: Sequence[str], text_b: Sequence[str] | None, batch_size: int, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Sentences (or pairs) per second of every predictor: ``repeats`` passes each after a warm-up, interleaved
+    across predictors; the median pass counts, ``min``/``max`` give the spread."""
+    for predictor in predictors.values():
+        predictor(text_a[:batch_size], text_b[:batch_size] if text_b else None, batch_size)  # warm-up
+    seconds: dict[str, list[float]] = {name: [] for name in predictors}
     for _ in range(repeats):
-        start = time.perf_counter()
-        predictor(text_a, text_b, batch_size)
-        best = min(best, time.perf_counter() - start)
-    return len(text_a) / best
+        for name, predictor in predictors.items():
+            seconds[name].append(time_pass(predictor, text_a, text_b, batch_size))
+    return {
+        name: {
+            "median": len(text_a) / statistics.median(times),
+            "min": len(text_a) / max(times),
+            "max": len(text_a) / min(times),
+        }
+        for name, times in seconds.items()
+    }
 
 
-def evaluate_splits(task: Task, params: Params, splits: dict[str, pa.Table]) -> dict[str, Any]:
+def evaluate_models(
+    task: Task, params: Params, models: dict[str, ModelSource], splits: dict[str, pa.Table]
+) -> dict[str, Any]:
     """Metrics of every model on every split, parameter counts, and CPU throughput (timed on the first split)."""
     device = pick_device()
-    predictors, sizes = load_predictors(task, params, device)
+    loaded = {name: source.load(device) for name, source in models.items()}
     batch_size = params.teacher.eval_batch_size
     quality: dict[str, dict[str, dict[str, float]]] = {}
     for split, table in splits.items():
         text_a, text_b = table_texts(task, table)
         labels = table.column("label").to_numpy()
         quality[split] = {
-            name: compute_metrics(task, predict_fn(text_a, text_b, batch_size), labels)
-            for name, predict_fn in predictors.items()
+            name: compute_metrics(task, model.predict(text_a, text_b, batch_size), labels) for name, model in loaded.items()
         }
 
     speed_table = next(iter(splits.values())).slice(0, params.evaluate.speed_examples)
     speed_a, speed_b = table_texts(task, speed_table)
-    cpu_predictors = predictors if device.type == "cpu" else load_predictors(task, params, torch.device("cpu"))[0]
+    cpu = torch.device("cpu")
+    on_cpu = loaded if device == cpu else {name: source.load(cpu) for name, source in models.items()}
     threads = torch.get_num_threads()
     torch.set_num_threads(params.evaluate.threads)
     try:
         speed = {
-            f"batch_{size}": {
-                name: measure_throughput(fn, speed_a, speed_b, size, params.evaluate.speed_repeats)
-                for name, fn in cpu_predictors.items()
-            }
+            f"batch_{size}": measure_throughput(
+                {name: model.predict for name, model in on_cpu.items()}, speed_a, speed_b, size,
+                params.evaluate.speed_repeats,
+            )  # fmt: skip
             for size in params.evaluate.speed_batch_sizes
         }
     finally:
         torch.set_num_threads(threads)
-
     return {
         "task": task.name,
+        "models": list(models),
         "quality": quality,
-        "parameters": sizes,
+        "parameters": {name: model.parameters for name, model in loaded.items()},
         "cpu_sentences_per_second": speed,
-        "ratios": {
-            "teacher_over_student_parameters": sizes["teacher"]["total"] / sizes["student"]["total"],
-            "teacher_over_student_parameters_without_embeddings": (
-                sizes["teacher"]["without_embeddings"] / sizes["student"]["without_embeddings"]
-            ),
-            **{f"student_over_teacher_speed_{key}": value["student"] / value["teacher"] for key, value in speed.items()},
-        },
         "cpu_threads": params.evaluate.threads,
         "speed_examples": speed_table.num_rows,
+        "speed_repeats": params.evaluate.speed_repeats,
     }
+
+
+def ratios(report: dict[str, Any], model: str, reference: str) -> dict[str, float]:
+    """How many times smaller and faster ``model`` is than ``reference`` in an ``evaluate_models`` report."""
+    sizes, speed = report["parameters"], report["cpu_sentences_per_second"]
+    return {
+        "parameters": sizes[reference]["total"] / sizes[model]["total"],
+        "parameters_without_embeddings": sizes[reference]["without_embeddings"] / sizes[model]["without_embeddings"],
+        **{f"speed_{key}": rates[model]["median"] / rates[reference]["median"] for key, rates in speed.items()},
+    }
+
+
+def evaluate_splits(task: Task, params: Params, splits: dict[str, pa.Table], all_models: bool = False) -> dict[str, Any]:
+    """The evaluate stage's report: teacher, KD student and baseline (``all_models``: plus every multi-task model
+    that exists), with the student's size and speed ratios to the teacher."""
+    models = single_task_models(task, params)
+    if all_models:
+        models = {**models, **existing(multi_task_models(task, params))}
+    report = evaluate_models(task, params, models, splits)
+    report["ratios"] = {"student_vs_teacher": ratios(report, "student", "teacher")}
+    return report
 
 
 def markdown_table(report: dict[str, Any]) -> str:
     """A Markdown summary: one row per model, metric columns per split, size and speed columns."""
     splits = list(report["quality"])
-    metric_names = list(report["quality"][splits[0]]["teacher"])
+    metric_names = list(next(iter(report["quality"][splits[0]].values())))
     speed_keys = list(report["cpu_sentences_per_second"])
-    header = ["model", *[f"{split} {metric}" for split in splits for metric in metric_names], "params", "params w/o emb", *[f"CPU sent/s {k.replace('_', ' ')}" for k in speed_keys]]
+    header = [
+        "model", *[f"{split} {metric}" for split in splits for metric in metric_names], "params", "params w/o emb",
+        *[f"CPU sent/s {key.replace('_', ' ')}" for key in speed_keys],
+    ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for model in MODELS:
+    for model in report["models"]:
+        sizes = report["parameters"][model]
         cells = [model]
         cells += [f"{100 * report['quality'][split][model][metric]:.2f}" for split in splits for metric in metric_names]
-        cells += [f"{report['parameters'][model]['total']:,}", f"{report['parameters'][model]['without_embeddings']:,}"]
-        cells += [f"{report['cpu_sentences_per_second'][key][model]:.1f}" for key in speed_keys]
+        cells += [f"{sizes['total']:,}", f"{sizes['without_embeddings']:,}"]
+        cells += [f"{report['cpu_sentences_per_second'][key][model]['median']:.1f}" for key in speed_keys]
         lines.append("| " + " | ".join(cells) + " |")
-    ratios = report["ratios"]
-    lines.append("")
-    lines.append(f"Teacher/student parameters: {ratios['teacher_over_student_parameters']:.1f}x "
-                 f"({ratios['teacher_over_student_parameters_without_embeddings']:.1f}x without embedding tables, "
-                 "the paper's count); "
-                 + "; ".join(f"student/teacher CPU speed {k.removeprefix('student_over_teacher_speed_').replace('_', ' ')}: {v:.1f}x"
-                             for k, v in ratios.items() if k.startswith("student_over")))
+    student = report["ratios"]["student_vs_teacher"]
+    speeds = "; ".join(
+        f"student/teacher CPU speed {key.removeprefix('speed_').replace('_', ' ')}: {value:.1f}x"
+        for key, value in student.items() if key.startswith("speed_")
+    )  # fmt: skip
+    lines += ["", f"Teacher/student parameters: {student['parameters']:.1f}x "
+              f"({student['parameters_without_embeddings']:.1f}x without embedding tables, the paper's count); {speeds}"]
     return "\n".join(lines) + "\n"
 
 

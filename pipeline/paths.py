@@ -74,3 +74,8 @@ def evaluation_metrics(task: str, root: Path = METRICS_DIR) -> Path:
 
 def evaluation_table(task: str, root: Path = METRICS_DIR) -> Path:
     return root / f"{task}.md"
+
+
+COMPARISON_METRICS = METRICS_DIR / "comparison.json"  # scores, averages and speed ratios of every model (dvc metrics)
+COMPARISON_TABLE = METRICS_DIR / "comparison.md"
+COMPARISON_REPORTS = METRICS_DIR / "comparison_reports.json"  # every task's full evaluation report
