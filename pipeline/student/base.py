@@ -64,8 +64,11 @@ class StudentModel(nn.Module, ABC):
         """An uninitialised model of the same shape as the one whose ``config()`` this is."""
 
     def sparse_parameters(self) -> list[nn.Parameter]:
-        """Trainable parameters with sparse gradients (embedding tables), optimised by a sparse optimiser."""
-        return []
+        """Trainable embedding tables with sparse gradients (``nn.Embedding(sparse=True)``), for a sparse optimiser."""
+        return [
+            module.weight for module in self.modules()
+            if isinstance(module, nn.Embedding) and module.sparse and module.weight.requires_grad
+        ]  # fmt: skip
 
     def keep_tasks(self, names: Sequence[str]) -> None:
         """Drop every task (and its head) not in ``names``, e.g. to ship a per-task model from a multi-task one."""

@@ -67,9 +67,6 @@ class BiLSTMStudent(StudentModel):
         placeholder = torch.zeros(config["vocab_size"], config["embedding_dim"])
         return cls(BiLSTMParams.model_validate(config["bilstm"]), placeholder, tasks)
 
-    def sparse_parameters(self) -> list[nn.Parameter]:
-        return [self.embedding.weight]
-
     def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Sentence vectors ``[batch, 2 * hidden]`` for padded ids ``[batch, time]`` (lengths >= 1)."""
         embedded = self.embedding(ids)
