@@ -3,7 +3,8 @@
 Builds the student from params.yaml (``biattentive`` section) for the default five tasks with the packaged teacher's
 WordPiece tokenizer and embeddings, buckets a seeded random sample of a task's training sentences into batches of
 similar length (as training does), and times forward + backward of full batches after one warm-up batch. Pair
-tasks are timed on the task's own sentence pairs.
+tasks are timed on the task's own sentence pairs. Rows per CPU second (process time) are printed too: on a
+machine shared with other jobs they are steadier than wall-clock rows/s.
 
     python benchmarks/biattentive_speed.py --task sst2 --rows 2048 --batch-size 64 --threads 2
 """
@@ -44,9 +45,9 @@ def main() -> None:
     tasks = [get_task(name) for name in dict.fromkeys((*MKD_TASKS, task.name))]
     path = params.data.resolved_glue_dir() / task.glue_dir_name / "train.tsv"
     table = read_glue_tsv(task, path, params.data.skip_bad_rows)
-    rows = np.random.default_rng(params.seed).permutation(table.num_rows)[: args.rows]
+    sampled = np.random.default_rng(params.seed).permutation(table.num_rows)[: args.rows]
     texts = [table.column(name).to_pylist() for name in ("text_a", "text_b")[: 1 + task.is_pair]]
-    sample = [[column[i] for i in rows] for column in texts]
+    sample = [[column[i] for i in sampled] for column in texts]
 
     model, encoder = BiattentiveStudent.build(
         params, tasks, Path(resolve_checkpoint(params.teacher.checkpoint)), itertools.chain(*sample), params.seed
@@ -63,13 +64,15 @@ def main() -> None:
         model(task.name, batch).sum().backward()
 
     step(batches[0])
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for batch in batches:
         step(batch)
-    rate = len(batches) * args.batch_size / (time.perf_counter() - start)
+    rows = len(batches) * args.batch_size
+    rate, cpu_rate = rows / (time.perf_counter() - start), rows / (time.process_time() - start_cpu)
     mean_tokens = float(np.mean([inputs.arrays[name].lengths.mean() for name in inputs.arrays]))
     print(
-        f"{task.name}: {rate:.0f} rows/s forward+backward, batch {args.batch_size}, {args.threads} threads, "
+        f"{task.name}: {rate:.0f} rows/s forward+backward ({cpu_rate:.0f} per CPU second), "
+        f"batch {args.batch_size}, {args.threads} threads, "
         f"{len(batches)} batches, {mean_tokens:.1f} tokens per sentence; "
         f"{count_parameters(model, include_embeddings=False) / 1e6:.2f}M parameters without embeddings "
         f"({len(tasks)} task heads)"
