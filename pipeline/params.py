@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from pipeline.sampling import SamplingScheme
 from pipeline.tasks import Task, get_task
@@ -99,6 +99,19 @@ class BiLSTMParams(EmbeddingParams):
     dropout: float = Field(default=0.1, ge=0, lt=1)
 
 
+class BiattentiveParams(EmbeddingParams):
+    """MKD's bi-attentive LSTM student (McCann et al.'s biattentive classification network), sizes per direction."""
+
+    feedforward_size: int = Field(default=256, gt=0)
+    encoder_size: int = Field(default=128, gt=0)
+    integrator_size: int = Field(default=128, gt=0)
+    output_layer: Literal["maxout", "relu"] = "maxout"
+    output_sizes: list[PositiveInt] = Field(default_factory=lambda: [192, 96])
+    maxout_pieces: int = Field(default=2, ge=2)
+    embedding_dropout: float = Field(default=0.1, ge=0, lt=1)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+
+
 class TrainParams(_Section):
     """One student training run: optimiser, schedule, batches, early stopping."""
 
@@ -164,6 +177,7 @@ class Params(_Section):
     augment: AugmentParams = AugmentParams()
     score: ScoreParams = ScoreParams()
     bilstm: BiLSTMParams = BiLSTMParams()
+    biattentive: BiattentiveParams = BiattentiveParams()
     student: StudentParams = StudentParams()
     baseline: TrainParams = TrainParams(epochs=10, patience=3)
     mkd: MKDParams = MKDParams()

@@ -37,3 +37,28 @@ class PaddedBiLSTM(nn.Module):
         last = (lengths.to(x.device, torch.long) - 1).view(-1, 1, 1).expand(-1, 1, self.hidden_size)
         final = torch.cat([forward_out.gather(1, last)[:, 0], backward_reversed.gather(1, last)[:, 0]], dim=-1)
         return torch.cat([forward_out, reverse_padded(backward_reversed, lengths)], dim=-1), final
+
+
+class MultichannelEmbedding(nn.Module):
+    """Token embeddings from an initial matrix: a trainable table with sparse gradients, optionally concatenated
+    with a frozen copy of the same matrix (Tang et al.'s "multichannel" input; the frozen channel comes first).
+
+    The trainable table's gradients are sparse (only the rows of a batch's tokens), which keeps optimiser steps
+    cheap for a 30k-row WordPiece vocabulary; ``sparse_parameters`` lists it for the sparse optimiser.
+    """
+
+    def __init__(self, matrix: torch.Tensor, multichannel: bool) -> None:
+        super().__init__()
+        self.trainable = nn.Embedding.from_pretrained(matrix.clone(), freeze=False, sparse=True)
+        self.frozen = nn.Embedding.from_pretrained(matrix.clone(), freeze=True) if multichannel else None
+        self.output_size = matrix.shape[1] * (2 if multichannel else 1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """``[batch, time, output_size]`` vectors for ids ``[batch, time]``."""
+        embedded = self.trainable(ids)
+        if self.frozen is None:
+            return embedded
+        return torch.cat([self.frozen(ids), embedded], dim=-1)
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [self.trainable.weight]
