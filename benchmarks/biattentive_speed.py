@@ -23,7 +23,7 @@ from pipeline.batching import bucket_batches
 from pipeline.params import load_params
 from pipeline.prepare import read_glue_tsv
 from pipeline.student.biattentive import BiattentiveStudent
-from pipeline.student.model import count_parameters
+from pipeline.student.base import count_parameters
 from pipeline.tasks import get_task
 from pipeline.teacher import resolve_checkpoint
 

@@ -11,11 +11,12 @@ import torch
 from pipeline.device import pick_device
 from pipeline.io import atomic_dir
 from pipeline.student.base import StudentModel
+from pipeline.student.biattentive import BiattentiveStudent
 from pipeline.student.bilstm import BiLSTMStudent
 from pipeline.student.encoding import StudentEncoder
 from pipeline.tasks import get_task
 
-ARCHITECTURES: dict[str, type[StudentModel]] = {cls.architecture: cls for cls in (BiLSTMStudent,)}
+ARCHITECTURES: dict[str, type[StudentModel]] = {cls.architecture: cls for cls in (BiLSTMStudent, BiattentiveStudent)}
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
 ENCODER_DIR = "encoder"

@@ -176,6 +176,3 @@ class BiattentiveStudent(StudentModel):
     def from_config(cls, config: dict[str, Any], tasks: Sequence[Task]) -> BiattentiveStudent:
         params = BiattentiveParams.model_validate(config["params"])
         return cls(params, torch.zeros(config["vocab_size"], config["embedding_dim"]), tasks)
-
-    def sparse_parameters(self) -> list[nn.Parameter]:
-        return self.embedding.sparse_parameters()

@@ -44,7 +44,7 @@ class MultichannelEmbedding(nn.Module):
     with a frozen copy of the same matrix (Tang et al.'s "multichannel" input; the frozen channel comes first).
 
     The trainable table's gradients are sparse (only the rows of a batch's tokens), which keeps optimiser steps
-    cheap for a 30k-row WordPiece vocabulary; ``sparse_parameters`` lists it for the sparse optimiser.
+    cheap for a 30k-row WordPiece vocabulary (``StudentModel.sparse_parameters`` finds it for the sparse optimiser).
     """
 
     def __init__(self, matrix: torch.Tensor, multichannel: bool) -> None:
@@ -59,6 +59,3 @@ class MultichannelEmbedding(nn.Module):
         if self.frozen is None:
             return embedded
         return torch.cat([self.frozen(ids), embedded], dim=-1)
-
-    def sparse_parameters(self) -> list[nn.Parameter]:
-        return [self.trainable.weight]
