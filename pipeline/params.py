@@ -98,6 +98,15 @@ class BiLSTMParams(EmbeddingParams):
     dropout: float = Field(default=0.1, ge=0, lt=1)
 
 
+class TransformerParams(_Section):
+    """MKD's Transformer student: the teacher's embeddings and bottom ``layers`` encoder layers, one head per task."""
+
+    layers: int = Field(default=3, gt=0)
+    max_length: int = Field(default=128, gt=0)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    pooler: bool = True
+
+
 class TrainParams(_Section):
     epochs: int = Field(default=3, gt=0)
     batch_size: int = Field(default=50, gt=0)
@@ -131,6 +140,7 @@ class Params(_Section):
     augment: AugmentParams = AugmentParams()
     score: ScoreParams = ScoreParams()
     bilstm: BiLSTMParams = BiLSTMParams()
+    transformer: TransformerParams = TransformerParams()
     student: StudentParams = StudentParams()
     baseline: TrainParams = TrainParams(epochs=10, patience=3)
     evaluate: EvaluateParams = EvaluateParams()
