@@ -120,7 +120,7 @@ def test_heads_one_per_task_with_task_widths(tiny_bert_dir: Path) -> None:
 
 
 def test_heads_are_seeded(tiny_bert_dir: Path) -> None:
-    first, second, other = build(tiny_bert_dir, seed=3)[0], build(tiny_bert_dir, seed=3)[0], build(tiny_bert_dir, seed=4)[0]
+    first, second, other = (build(tiny_bert_dir, seed=seed)[0] for seed in (3, 3, 4))
     assert torch.equal(first.heads["sst2"].weight, second.heads["sst2"].weight)
     assert not torch.equal(first.heads["sst2"].weight, other.heads["sst2"].weight)
 
@@ -142,7 +142,8 @@ def test_truncation_keeps_both_separators(tiny_bert_dir: Path) -> None:
     long = " ".join(["good"] * 20)
     batch = batch_of(encoder, [long], [long])
     ids = batch["ids"][0].tolist()
-    assert len(ids) == 8 and ids.count(encoder.tokenizer.sep_token_id) == 2 and ids[-1] == encoder.tokenizer.sep_token_id
+    sep = encoder.tokenizer.sep_token_id
+    assert len(ids) == 8 and ids.count(sep) == 2 and ids[-1] == sep
 
 
 def test_mask_becomes_unk(tiny_bert_dir: Path) -> None:
@@ -214,11 +215,11 @@ def test_onnx_export_matches_with_dynamic_axes(tiny_bert_dir: Path, tmp_path: Pa
     model, encoder = build(tiny_bert_dir)
     wrapper = SingleTask(model).eval()
     names = ["ids", "ids_lengths", "type_ids"]
+    axes = {"ids": {0: "batch", 1: "time"}, "ids_lengths": {0: "batch"}, "type_ids": {0: "batch", 1: "time"}}
     example = batch_of(encoder, SINGLE[:2], None)
     torch.onnx.export(
         wrapper, tuple(example[name] for name in names), tmp_path / "student.onnx", input_names=names,
-        output_names=["logits"], dynamo=False,
-        dynamic_axes={"ids": {0: "batch", 1: "time"}, "ids_lengths": {0: "batch"}, "type_ids": {0: "batch", 1: "time"}},
+        output_names=["logits"], dynamic_axes=axes, dynamo=False,
     )  # fmt: skip
     session = ort.InferenceSession(str(tmp_path / "student.onnx"))
     batch = batch_of(encoder, SINGLE, PAIR_B)  # other batch size, width and segment ids than the export example

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
 
 from pipeline.params import Params
 from pipeline.student.base import Batch, StudentModel, padding_mask
@@ -42,13 +42,14 @@ BERT_SHAPE_FIELDS = (
     "layer_norm_eps",
     "pad_token_id",
 )
-# Prefix of the encoder's tensors in a checkpoint saved by AutoModelForSequenceClassification (absent in a bare BertModel).
+# Prefix of the encoder's tensors in a checkpoint saved by AutoModelForSequenceClassification (none in a BertModel).
 CLASSIFIER_PREFIX = "bert."
 # Attention kernel: torch's scaled_dot_product_attention (fused on CPU and GPU, exports to ONNX).
 ATTENTION_IMPLEMENTATION = "sdpa"
 # Name of the segment-id array; the token-id array is "ids".
 IDS, TYPE_IDS = "ids", "type_ids"
 PAD_TYPE_ID = 0
+REQUIRED_TOKENS = ("unk_token", "pad_token", "cls_token", "sep_token")
 
 
 class TransformerEncoder(StudentEncoder):
@@ -63,7 +64,7 @@ class TransformerEncoder(StudentEncoder):
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
         super().__init__(max_length)
-        missing = [name for name in ("unk_token", "pad_token", "cls_token", "sep_token") if getattr(tokenizer, name) is None]
+        missing = [name for name in REQUIRED_TOKENS if getattr(tokenizer, name) is None]
         if missing:
             raise ValueError(f"the teacher's tokenizer has no {', '.join(missing)}")
         self.tokenizer = tokenizer
@@ -101,7 +102,9 @@ class TransformerEncoder(StudentEncoder):
             self._tokenize(text_a[i : i + ENCODE_CHUNK], text_b[i : i + ENCODE_CHUNK] if text_b is not None else None)
             for i in range(0, len(text_a), ENCODE_CHUNK)
         ] or [{IDS: [], TYPE_IDS: []}]
-        arrays = {name: TokenArray.concat([TokenArray.from_lists(chunk[name]) for chunk in chunks]) for name in (IDS, TYPE_IDS)}
+        arrays = {
+            name: TokenArray.concat([TokenArray.from_lists(chunk[name]) for chunk in chunks]) for name in (IDS, TYPE_IDS)
+        }
         return EncodedInputs(arrays, {IDS: self.pad_id, TYPE_IDS: PAD_TYPE_ID})
 
     def _save_files(self, directory: Path) -> dict[str, object]:
@@ -115,7 +118,8 @@ class TransformerEncoder(StudentEncoder):
 
 def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Additive attention mask ``[batch, 1, 1, time]``: 0 on real tokens, the dtype's minimum on padding."""
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)[:, None, None, :]
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return bias[:, None, None, :]
 
 
 class TransformerStudent(StudentModel):
@@ -132,7 +136,8 @@ class TransformerStudent(StudentModel):
         super().__init__(tasks)
         self.bert = BertModel(bert_config, add_pooling_layer=pooler)
         self.dropout = nn.Dropout(dropout)
-        self.heads = nn.ModuleDict({task.name: nn.Linear(bert_config.hidden_size, task.num_outputs) for task in tasks})
+        width = bert_config.hidden_size
+        self.heads = nn.ModuleDict({task.name: nn.Linear(width, task.num_outputs) for task in tasks})
         for head in self.heads.values():  # BERT's classifier init
             nn.init.normal_(head.weight, std=bert_config.initializer_range)
             nn.init.zeros_(head.bias)
@@ -159,9 +164,10 @@ class TransformerStudent(StudentModel):
         ``training_texts`` is not read (the vocabulary is the teacher's).
         """
         hp = params.transformer
-        teacher_config = BertConfig.from_pretrained(teacher_dir)
-        if teacher_config.model_type != "bert":
-            raise ValueError(f"{teacher_dir}: the Transformer student copies a BERT teacher, not {teacher_config.model_type!r}")
+        teacher_dir = Path(teacher_dir)
+        teacher_config = AutoConfig.from_pretrained(teacher_dir)
+        if not isinstance(teacher_config, BertConfig):
+            raise ValueError(f"{teacher_dir}: the Transformer student copies a BERT teacher, not {teacher_config.model_type}")
         if hp.layers > teacher_config.num_hidden_layers:
             raise ValueError(
                 f"transformer.layers = {hp.layers}, but the teacher in {teacher_dir} has only "
@@ -174,7 +180,9 @@ class TransformerStudent(StudentModel):
             )
         tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
         if len(tokenizer) > teacher_config.vocab_size:
-            raise ValueError(f"{teacher_dir}: the tokenizer has {len(tokenizer)} ids but the embeddings {teacher_config.vocab_size} rows")
+            raise ValueError(
+                f"{teacher_dir}: the tokenizer has {len(tokenizer)} ids but the embeddings {teacher_config.vocab_size} rows"
+            )
         bert_config = student_bert_config(teacher_config, hp.layers, hp.dropout)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -193,7 +201,8 @@ class TransformerStudent(StudentModel):
     def from_config(cls, config: dict[str, Any], tasks: Sequence[Task]) -> TransformerStudent:
         bert = dict(config["bert"])
         layers = bert.pop("num_hidden_layers")
-        return cls(tasks, student_bert_config(BertConfig(**bert), layers, config["dropout"]), config["pooler"], config["dropout"])
+        dropout = config["dropout"]
+        return cls(tasks, student_bert_config(BertConfig(**bert), layers, dropout), config["pooler"], dropout)
 
 
 def student_bert_config(teacher_config: BertConfig, layers: int, dropout: float) -> BertConfig:
@@ -222,8 +231,6 @@ def teacher_tensors(teacher_dir: Path, names: Iterable[str]) -> dict[str, torch.
     wanted = list(names)
     missing = [name for name in wanted if prefix + name not in stored]
     if missing:
-        raise KeyError(
-            f"{teacher_dir}: the teacher checkpoint lacks {', '.join(prefix + name for name in missing)}"
-            + (" (set transformer.pooler: false for a teacher without a pooler)" if any("pooler" in n for n in missing) else "")
-        )
+        hint = " (set transformer.pooler: false for a teacher without a pooler)" if any("pooler" in n for n in missing) else ""
+        raise KeyError(f"{teacher_dir}: the teacher checkpoint lacks {', '.join(prefix + n for n in missing)}{hint}")
     return {name: stored[prefix + name].float() for name in wanted}
