@@ -27,7 +27,13 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from pipeline.params import Params, TransformerParams
 from pipeline.prepare import read_glue_tsv
 from pipeline.student.base import padding_mask
-from pipeline.student.transformer import IDS, TYPE_IDS, TransformerEncoder, TransformerStudent, attention_bias
+from pipeline.student.transformer import (
+    IDS,
+    TYPE_IDS,
+    TransformerEncoder,
+    TransformerStudent,
+    attention_bias,
+)
 from pipeline.tasks import get_task
 from pipeline.teacher import resolve_checkpoint
 
@@ -160,15 +166,15 @@ def teacher_breakdown(
 
 
 def training_rate(model: TransformerStudent, encoder: TransformerEncoder, texts: list[str], batch_size: int, steps: int) -> dict[str, float]:
-    """Rows/s of forward + backward + AdamW step at ``batch_size``, and the share of time in the optimiser step."""
+    """Rows per wall and per CPU second of forward + backward + AdamW step, and the optimiser step's share of the time."""
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
     inputs = encoder.encode_inputs(texts, None)
     rng = np.random.default_rng(0)
-    step_time = total = 0.0
+    step_time = total = cpu = 0.0
     for step in range(steps + 2):  # the first two are warm-up
         rows = rng.choice(len(texts), batch_size, replace=False)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         batch = inputs.batch(rows)
         loss = torch.nn.functional.mse_loss(model(TASK.name, batch), torch.randn(batch_size, TASK.num_outputs))
         optimizer.zero_grad()
@@ -179,8 +185,13 @@ def training_rate(model: TransformerStudent, encoder: TransformerEncoder, texts:
         if step >= 2:
             total += end - start
             step_time += end - t_step
+            cpu += time.process_time() - cpu_start
     model.eval()
-    return {"rows_per_s": steps * batch_size / total, "optimizer_step_share": step_time / total}
+    return {
+        "rows_per_s": round(steps * batch_size / total, 1),
+        "rows_per_cpu_s": round(steps * batch_size / cpu, 1),
+        "optimizer_step_share": round(step_time / total, 3),
+    }
 
 
 def main() -> None:
@@ -189,6 +200,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved teacher/student passes")
     parser.add_argument("--train-steps", type=int, default=10)
+    parser.add_argument("--extra-layers", type=int, nargs="*", default=[2, 6], help="more student depths to time")
     parser.add_argument("--variants", action="store_true", help="also int8 dynamic quantisation and onnxruntime")
     parser.add_argument("--glue-dir", type=Path, default=Params().data.resolved_glue_dir())
     args = parser.parse_args()
@@ -204,7 +216,7 @@ def main() -> None:
         f"student {layers}L{'' if pooler else ' no pooler'}": TransformerStudent.build(
             Params(transformer=TransformerParams(layers=layers, pooler=pooler)), [TASK], teacher_dir, [], 0
         )
-        for layers, pooler in ((3, True), (3, False), (6, True))
+        for layers, pooler in ((3, True), (3, False), *((n, True) for n in args.extra_layers))
     }
     for model, _ in students.values():
         model.eval()
@@ -224,7 +236,7 @@ def main() -> None:
             model, encoder = students["student 3L"]
             predictors["student 3L int8"] = student_predictor(quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8), encoder)
             with tempfile.TemporaryDirectory() as tmp:
-                for name in ("student 3L", "student 6L"):
+                for name in [n for n in ("student 3L", "student 6L") if n in students]:
                     model, encoder = students[name]
                     predictors[f"{name} onnxruntime"] = onnx_predictor(model, encoder, Path(tmp) / "m.onnx", args.threads)
         rates = interleaved(predictors, texts, args.rounds)
