@@ -137,8 +137,9 @@ def mkd(
     with _user_errors():
         hp = load_params(params)
         run_mkd(
-            student, hp, paths.LOGITS_DIR, paths.PREPARED_DIR, paths.mkd_dir(student), paths.training_log("mkd", student)
-        )
+            student, hp, paths.LOGITS_DIR, paths.PREPARED_DIR, paths.MT_TEACHER_DIR, paths.mkd_dir(student),
+            paths.training_log("mkd", student),
+        )  # fmt: skip
 
 
 @app.command()

@@ -61,11 +61,13 @@ def _task_data(task: Task, params: Params, encoder: StudentEncoder, table: pa.Ta
 
 
 def run_mkd(
-    architecture: str, params: Params, logits_root: Path, prepared_dir: Path, out_dir: Path, log_dir: Path
-) -> dict[str, Any]:
+    architecture: str, params: Params, logits_root: Path, prepared_dir: Path, mt_teacher_root: Path, out_dir: Path,
+    log_dir: Path,
+) -> dict[str, Any]:  # fmt: skip
     """Distil every task in ``params.tasks`` into one ``architecture`` student, then fine-tune per task; save all.
 
-    Writes ``out_dir/multitask`` (the joint student, all heads) and, with ``mkd.finetune_epochs > 0``,
+    Students start from ``mkd.init_from``: the multi-task teacher (any task's folder under ``mt_teacher_root``:
+    they share the encoder) or ``teacher.checkpoint``. Writes ``out_dir/multitask`` (the joint student, all heads) and, with ``mkd.finetune_epochs > 0``,
     ``out_dir/<task>`` (one head each). Returns a summary with every model's best dev metrics.
     """
     train_params = getattr(params.mkd.training, architecture)
@@ -79,7 +81,10 @@ def run_mkd(
         for task in tasks
     }  # fmt: skip
     texts = itertools.chain.from_iterable(all_texts(task, tables[task.name]) for task in tasks)
-    init_dir = Path(resolve_checkpoint(params.teacher.checkpoint))
+    init_dir = (
+        paths.mt_teacher_dir(tasks[0].name, mt_teacher_root) if params.mkd.init_from == "mt_teacher"
+        else Path(resolve_checkpoint(params.teacher.checkpoint))
+    )  # fmt: skip
     model, encoder = get_architecture(architecture).build(params, tasks, init_dir, texts, params.seed)
     model.to(pick_device())
     data = {task.name: _task_data(task, params, encoder, tables[task.name], prepared_dir) for task in tasks}

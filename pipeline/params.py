@@ -112,6 +112,15 @@ class BiattentiveParams(EmbeddingParams):
     dropout: float = Field(default=0.1, ge=0, lt=1)
 
 
+class TransformerParams(_Section):
+    """MKD's Transformer student: the teacher's embeddings and bottom ``layers`` encoder layers, one head per task."""
+
+    layers: int = Field(default=3, gt=0)
+    max_length: int = Field(default=128, gt=0)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    pooler: bool = True
+
+
 class TrainParams(_Section):
     """One student training run: optimiser, schedule, batches, early stopping."""
 
@@ -154,6 +163,9 @@ class MKDParams(_Section):
     students: list[Literal["biattentive", "transformer", "bilstm"]] = Field(
         default_factory=lambda: ["biattentive", "transformer", "bilstm"], min_length=1
     )
+    # Where students take WordPiece embeddings and Transformer layers from: the multi-task teacher's fine-tuned
+    # encoder (its [CLS] path is trained), or teacher.checkpoint as published.
+    init_from: Literal["mt_teacher", "checkpoint"] = "mt_teacher"
     sampling: SamplingScheme = "proportional"
     temperature: float = Field(default=1.0, gt=0)  # sampling: temperature -> p_task ~ size ** (1 / temperature)
     alpha: float = Field(default=0.0, ge=0, le=1)  # as student.alpha
@@ -178,6 +190,7 @@ class Params(_Section):
     score: ScoreParams = ScoreParams()
     bilstm: BiLSTMParams = BiLSTMParams()
     biattentive: BiattentiveParams = BiattentiveParams()
+    transformer: TransformerParams = TransformerParams()
     student: StudentParams = StudentParams()
     baseline: TrainParams = TrainParams(epochs=10, patience=3)
     mkd: MKDParams = MKDParams()

@@ -77,6 +77,7 @@ def tiny_params(glue_dir: Path, teacher_checkpoint: Path, **sections: dict) -> d
     params["augment"].update(n_iter_single=3, n_iter_pair=2)
     params["score"].update(batch_size=32, shard_rows=100, max_length=32)
     params["bilstm"].update(hidden_size=16, fc_hidden=16, max_length=16)
+    params["transformer"].update(layers=1, max_length=32)  # the tiny BERT has 2 layers and 64 positions
     params["student"].update(epochs=2, batch_size=16, batch_size_pair=16)
     params["baseline"].update(epochs=2, batch_size=16, batch_size_pair=16)
     params["evaluate"].update(speed_examples=16, speed_batch_sizes=[1, 8], speed_repeats=1)

@@ -76,7 +76,7 @@ def mkd_params(teacher_dir: Path) -> Params:  # noqa: F811 (pytest fixture)
         "tasks": list(TASKS),
         "teacher": {"checkpoint": str(teacher_dir)},
         "bilstm": {"hidden_size": 16, "fc_hidden": 16, "max_length": 16, "dropout": 0.0},
-        "mkd": {"teacher": "single", "finetune_epochs": 1, "training": {"bilstm": train}},
+        "mkd": {"teacher": "single", "init_from": "checkpoint", "finetune_epochs": 1, "training": {"bilstm": train}},
     })  # fmt: skip
 
 
@@ -86,7 +86,7 @@ def test_run_mkd_joint_and_fine_tuned_students(mkd_params: Params, tmp_path: Pat
     for task in TASKS:
         write_task(tmp_path, task)
     out, logs = tmp_path / "models" / "bilstm", tmp_path / "dvclive" / "bilstm"
-    summary = run_mkd("bilstm", mkd_params, tmp_path / "logits", tmp_path / "prepared", out, logs)
+    summary = run_mkd("bilstm", mkd_params, tmp_path / "logits", tmp_path / "prepared", tmp_path / "unused", out, logs)
 
     joint_config = read_student_config(out / "multitask")
     assert joint_config["architecture"] == "bilstm" and joint_config["tasks"] == list(TASKS)
@@ -120,5 +120,5 @@ def test_run_mkd_without_fine_tuning_writes_only_the_joint_model(mkd_params: Par
         "tasks": ["sst2", "stsb"], "mkd": mkd_params.mkd.model_copy(update={"finetune_epochs": 0}),
     })  # fmt: skip
     out = tmp_path / "models" / "bilstm"
-    run_mkd("bilstm", params, tmp_path / "logits", tmp_path / "prepared", out, tmp_path / "logs")
+    run_mkd("bilstm", params, tmp_path / "logits", tmp_path / "prepared", tmp_path / "unused", out, tmp_path / "logs")
     assert sorted(p.name for p in out.iterdir()) == ["multitask"]
