@@ -30,6 +30,15 @@ def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     return run([sys.executable, "-m", "dvc", *args], cwd, check)
 
 
+def init_repo(project: Path) -> None:
+    """git + DVC repository with one (empty) commit, like a clone. DVCLive 3.49 fails in a Git repo without commits
+    (SCMError "Empty git repo" from Live(), treeverse/dvclive#522)."""
+    run(["git", "init", "-q"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "--allow-empty", "-m", "init"],
+        project)  # fmt: skip
+    dvc("init", "-q", cwd=project)
+
+
 def stages_run(result: subprocess.CompletedProcess) -> set[str]:
     return set(STAGE_RUN.findall(result.stdout + result.stderr))
 
@@ -47,15 +56,15 @@ def project(tmp_path_factory, tiny_bert_dir) -> Path:
     glue = write_sst2(root / "glue", n_train=60, n_dev=30)
     proj = copy_project(root / "proj")
     (proj / "params.yaml").write_text(yaml.safe_dump(tiny_params(glue, tiny_bert_dir), sort_keys=False))
-    run(["git", "init", "-q"], proj)
-    dvc("init", "-q", cwd=proj)
+    init_repo(proj)
     return proj
 
 
 def test_repro_runs_every_stage_and_reports_metrics(project):
     result = dvc("repro", cwd=project)
-    assert stages_run(result) == {
-        f"{stage}@sst2" for stage in ("prepare", "teacher", "augment", "score", "student", "baseline", "evaluate")
+    assert stages_run(result) == {"mt_teacher"} | {
+        f"{stage}@sst2"
+        for stage in ("prepare", "teacher", "augment", "score", "mt_score", "student", "baseline", "evaluate")
     }
     report = json.loads((project / "metrics" / "sst2.json").read_text())
     for model in ("teacher", "student", "baseline"):
@@ -65,12 +74,20 @@ def test_repro_runs_every_stage_and_reports_metrics(project):
     assert "| student |" in (project / "metrics" / "sst2.md").read_text()
     manifest = json.loads((project / "data" / "logits" / "single" / "sst2" / "_manifest.json").read_text())
     assert manifest["num_rows"] > 60
-    for model in ("teacher", "student", "baseline"):
+    mt_manifest = json.loads((project / "data" / "logits" / "multitask" / "sst2" / "_manifest.json").read_text())
+    # One task: the multi-task teacher is the single-task teacher (same code, seed and batches), weight for weight.
+    assert mt_manifest["teacher_fingerprint"] == manifest["teacher_fingerprint"]
+    assert [shard["sha256"] for shard in mt_manifest["shards"]] == [shard["sha256"] for shard in manifest["shards"]]
+    for model in ("student", "baseline"):
         assert (project / "plots" / "sst2" / f"{model}.csv").read_text().startswith("epoch,")
+    for log in ("teacher/sst2", "mt_teacher"):  # one task: the multi-task teacher logs like a single-task one
+        assert set(json.loads((project / "dvclive" / log / "metrics.json").read_text())["dev"]) == {"accuracy"}
+    assert not (project / "plots" / "sst2" / "teacher.csv").exists()
 
     assert "up to date" in dvc("status", cwd=project).stdout
     metrics = dvc("metrics", "show", cwd=project).stdout
     assert "metrics/sst2.json" in metrics and "quality.dev.student.accuracy" in metrics
+    assert "dvclive/teacher/sst2/metrics.json" in metrics and "dvclive/mt_teacher/metrics.json" in metrics
     plots = dvc("plots", "show", "-o", str(project / "plots-html"), cwd=project)
     assert (project / "plots-html" / "index.html").is_file(), plots.stdout
 
@@ -80,7 +97,7 @@ def test_augment_param_reruns_only_downstream_stages(project):
     status = dvc("status", cwd=project).stdout
     assert "augment@sst2" in status and "teacher@sst2" not in status
     result = dvc("repro", cwd=project)
-    assert stages_run(result) == {"augment@sst2", "score@sst2", "student@sst2", "evaluate@sst2"}
+    assert stages_run(result) == {"augment@sst2", "score@sst2", "mt_score@sst2", "student@sst2", "evaluate@sst2"}
 
 
 def test_student_param_reruns_only_student_and_evaluate(project):

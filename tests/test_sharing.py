@@ -7,7 +7,7 @@ import hashlib
 import yaml
 
 from tests.conftest import copy_project, tiny_params, write_sst2
-from tests.test_pipeline_e2e import dvc, run, stages_run
+from tests.test_pipeline_e2e import dvc, init_repo, run, stages_run
 
 
 def digests(folder) -> dict[str, str]:
@@ -18,8 +18,7 @@ def test_clone_pulls_shards_and_skips_scoring(tmp_path, tiny_bert_dir):
     glue = write_sst2(tmp_path / "glue", n_train=40, n_dev=16)
     clone_a = copy_project(tmp_path / "a")
     (clone_a / "params.yaml").write_text(yaml.safe_dump(tiny_params(glue, tiny_bert_dir), sort_keys=False))
-    run(["git", "init", "-q"], clone_a)
-    dvc("init", "-q", cwd=clone_a)
+    init_repo(clone_a)
     dvc("remote", "add", "-d", "shared", str(tmp_path / "remote"), cwd=clone_a)
     dvc("repro", cwd=clone_a)
     dvc("push", cwd=clone_a)
