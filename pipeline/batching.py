@@ -27,3 +27,15 @@ def bucket_batches(lengths: Sequence[int] | np.ndarray, batch_size: int, rng: np
         part = part[np.argsort(lengths[part], kind="stable")]
         batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def process_share(batch: np.ndarray, process_index: int, num_processes: int) -> np.ndarray:
+    """This process's disjoint share of a global batch in a distributed run (every process holds the same batch).
+
+    Contiguous slices whose sizes differ by at most one row (the first ``len(batch) % num_processes`` processes get
+    the extra row); together the shares are the whole batch, each row in exactly one share. A batch with fewer rows
+    than processes leaves the last processes an empty share: the caller decides what an empty share does (the
+    teacher runs one row of the batch with zero loss weight, so every process joins the gradient all-reduce and
+    no row counts twice).
+    """
+    return np.array_split(np.asarray(batch), num_processes)[process_index]

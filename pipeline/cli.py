@@ -29,7 +29,13 @@ app.add_typer(bench_app, name="bench")
 
 TaskOption = Annotated[str, typer.Option("--task", "-t", help="GLUE task short name, e.g. sst2")]
 ParamsOption = Annotated[Path, typer.Option("--params", help="params file")]
-ShardDirOption = Annotated[Path | None, typer.Option("--dir", help="shard folder (default: data/logits/<task>)")]
+ShardDirOption = Annotated[
+    Path | None, typer.Option("--dir", help="shard folder (default: data/logits/<teacher>/<task>)")
+]
+TeacherOption = Annotated[
+    paths.TeacherKind,
+    typer.Option("--teacher", help="single: the task's own teacher; multitask: the multi-task teacher's head"),
+]
 USER_ERRORS = (ParamsError, GlueFormatError, ShardError, UnknownTaskError, FileNotFoundError)
 
 
@@ -56,11 +62,11 @@ def _stage(task_name: str, params_path: Path) -> Iterator[tuple[Task, Params]]:
 
 
 @contextlib.contextmanager
-def _shard_folder(task_name: str, shard_dir: Path | None) -> Iterator[tuple[Task, Path]]:
-    """Resolve task and shard folder (default: the score stage's output), with user errors reported."""
+def _shard_folder(task_name: str, shard_dir: Path | None, teacher: paths.TeacherKind) -> Iterator[tuple[Task, Path]]:
+    """Resolve task and shard folder (default: the score stage's output for ``teacher``), with user errors reported."""
     with _user_errors():
         task = get_task(task_name)
-        yield task, shard_dir or paths.shard_dir(task.name)
+        yield task, shard_dir or paths.shard_dir(task.name, teacher)
 
 
 @app.command()
@@ -74,14 +80,24 @@ def prepare(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> Non
 
 @app.command()
 def teacher(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
-    """Fine-tune the BERT teacher on a task."""
+    """Fine-tune the BERT teacher on a task (runs under `accelerate launch` / `torchrun` too)."""
     from pipeline.teacher import fine_tune
 
     with _stage(task, params) as (spec, hp):
-        fine_tune(
-            spec, hp, paths.PREPARED_DIR, paths.teacher_dir(spec.name),
-            paths.training_curve(spec.name, "teacher"), paths.METRICS_DIR / "teacher" / f"{spec.name}.json",
-        )
+        out_dirs = {spec.name: paths.teacher_dir(spec.name)}
+        fine_tune([spec], hp, paths.PREPARED_DIR, out_dirs, paths.training_log("teacher", spec.name))
+
+
+@app.command("mt-teacher")
+def mt_teacher(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
+    """Fine-tune the multi-task teacher on every task in params `tasks` (shared encoder, one head per task)."""
+    from pipeline.teacher import fine_tune
+
+    with _user_errors():
+        hp = load_params(params)
+        tasks = [get_task(name) for name in hp.tasks]
+        out_dirs = {task.name: paths.mt_teacher_dir(task.name) for task in tasks}
+        fine_tune(tasks, hp, paths.PREPARED_DIR, out_dirs, paths.training_log("mt_teacher"), hp.mt_teacher)
 
 
 @app.command()
@@ -94,12 +110,13 @@ def augment(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> Non
 
 
 @app.command()
-def score(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
+def score(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH, teacher: TeacherOption = "single") -> None:
     """Score the transfer set with the teacher into Parquet logit shards (resumable)."""
     from pipeline.score import run_score
 
     with _stage(task, params) as (spec, hp):
-        run_score(spec, hp, paths.transfer_set(spec.name), paths.teacher_dir(spec.name), paths.shard_dir(spec.name))
+        teacher_dir = paths.scoring_teacher_dir(spec.name, teacher)
+        run_score(spec, hp, paths.transfer_set(spec.name), teacher_dir, paths.shard_dir(spec.name, teacher))
 
 
 @app.command()
@@ -186,9 +203,10 @@ def shards_show(
     task: TaskOption,
     rows: Annotated[int, typer.Option(min=1, help="how many rows from the start")] = 10,
     shard_dir: ShardDirOption = None,
+    teacher: TeacherOption = "single",
 ) -> None:
     """Print the first rows decoded: texts, gold label, teacher probabilities (or score) and argmax."""
-    with _shard_folder(task, shard_dir) as (spec, folder):
+    with _shard_folder(task, shard_dir, teacher) as (spec, folder):
         typer.echo(format_rows(head_rows(spec, folder, rows)))
 
 
@@ -196,20 +214,21 @@ def shards_show(
 def shards_stats(
     task: TaskOption,
     shard_dir: ShardDirOption = None,
+    teacher: TeacherOption = "single",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False,
 ) -> None:
     """Rows, originals vs synthetic, teacher identity, label and prediction distributions, agreement."""
     import json
 
-    with _shard_folder(task, shard_dir) as (spec, folder):
+    with _shard_folder(task, shard_dir, teacher) as (spec, folder):
         stats = shard_stats(spec, folder)
         typer.echo(json.dumps(stats, indent=2) if as_json else format_stats(stats))
 
 
 @shards_app.command("verify")
-def shards_verify(task: TaskOption, shard_dir: ShardDirOption = None) -> None:
+def shards_verify(task: TaskOption, shard_dir: ShardDirOption = None, teacher: TeacherOption = "single") -> None:
     """Check every shard against the manifest's checksums; exit 1 listing each problem."""
-    with _shard_folder(task, shard_dir) as (spec, folder):
+    with _shard_folder(task, shard_dir, teacher) as (spec, folder):
         manifest = task_manifest(spec, folder)
         problems = verify_shards(folder)
         for problem in problems:

@@ -44,6 +44,14 @@ class TeacherParams(_Section):
     warmup_ratio: float = Field(default=0.1, ge=0, le=1)
     weight_decay: float = Field(default=0.01, ge=0)
     mixed_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+
+
+class MtTeacherParams(_Section):
+    """How the multi-task teacher picks the task of each mini-batch (``pipeline.sampling``)."""
+
+    sampling: SamplingScheme = "proportional"
+    temperature: float = Field(default=1.0, gt=0)
 
 
 class AugmentParams(_Section):
@@ -186,6 +194,7 @@ class Params(_Section):
     tasks: list[str] = Field(default_factory=lambda: ["sst2"], min_length=1)
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()
+    mt_teacher: MtTeacherParams = MtTeacherParams()
     augment: AugmentParams = AugmentParams()
     score: ScoreParams = ScoreParams()
     bilstm: BiLSTMParams = BiLSTMParams()

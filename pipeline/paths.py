@@ -45,6 +45,11 @@ def mt_teacher_dir(task: str, root: Path = MT_TEACHER_DIR) -> Path:
     return root / task
 
 
+def scoring_teacher_dir(task: str, teacher: TeacherKind = "single") -> Path:
+    """The model folder that scores ``task``'s transfer set: its own teacher, or the multi-task teacher's."""
+    return teacher_dir(task) if teacher == "single" else mt_teacher_dir(task)
+
+
 def student_dir(task: str, root: Path = STUDENT_DIR) -> Path:
     return root / task
 

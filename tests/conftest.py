@@ -99,7 +99,8 @@ GIT_IDENTITY = ["-c", "user.name=test", "-c", "user.email=test@example.com"]
 
 
 def init_project(project: Path) -> None:
-    """Make ``project`` a git + DVC repository with one commit, like a fresh clone of this repo."""
+    """Make ``project`` a git + DVC repository with one commit, like a fresh clone of this repo. (DVCLive 3.49 fails
+    in a Git repo without commits: SCMError "Empty git repo" from Live(), treeverse/dvclive#522.)"""
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=project, check=True)
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)

@@ -77,3 +77,16 @@ def test_pair_tasks_train_with_their_own_batch_size():
     assert params.student.batch_size_for(get_task("sst2")) == 50
     assert params.student.batch_size_for(get_task("qqp")) == 256
     assert params.baseline.batch_size_for(get_task("mnli")) == 256
+
+
+def test_mt_teacher_and_accumulation_params_are_validated(tmp_path):
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert (params.mt_teacher.sampling, params.teacher.gradient_accumulation_steps) == ("proportional", 1)
+    raw = repo_params()
+    raw["mt_teacher"]["sampling"] = "round_robin"
+    with pytest.raises(ParamsError, match=r"mt_teacher.sampling"):
+        load_params(write(tmp_path, raw))
+    raw = repo_params()
+    raw["teacher"]["gradient_accumulation_steps"] = 0
+    with pytest.raises(ParamsError, match=r"teacher.gradient_accumulation_steps"):
+        load_params(write(tmp_path, raw))

@@ -53,8 +53,9 @@ def project(tmp_path_factory, tiny_bert_dir) -> Path:
 
 def test_repro_runs_every_stage_and_reports_metrics(project):
     result = dvc("repro", cwd=project)
-    assert stages_run(result) == {
-        f"{stage}@sst2" for stage in ("prepare", "teacher", "augment", "score", "student", "baseline", "evaluate")
+    assert stages_run(result) == {"mt_teacher"} | {
+        f"{stage}@sst2"
+        for stage in ("prepare", "teacher", "augment", "score", "mt_score", "student", "baseline", "evaluate")
     }
     report = json.loads((project / "metrics" / "sst2.json").read_text())
     for model in ("teacher", "student", "baseline"):
@@ -65,14 +66,21 @@ def test_repro_runs_every_stage_and_reports_metrics(project):
     assert "| student |" in (project / "metrics" / "sst2.md").read_text()
     manifest = json.loads((project / "data" / "logits" / "single" / "sst2" / "_manifest.json").read_text())
     assert manifest["num_rows"] > 60
-    assert (project / "plots" / "sst2" / "teacher.csv").read_text().startswith("epoch,")
+    mt_manifest = json.loads((project / "data" / "logits" / "multitask" / "sst2" / "_manifest.json").read_text())
+    # One task: the multi-task teacher is the single-task teacher (same code, seed and batches), weight for weight.
+    assert mt_manifest["teacher_fingerprint"] == manifest["teacher_fingerprint"]
+    assert [shard["sha256"] for shard in mt_manifest["shards"]] == [shard["sha256"] for shard in manifest["shards"]]
     for model in ("student", "baseline"):
         curve = project / "dvclive" / model / "sst2" / "plots" / "metrics" / "dev" / "accuracy.tsv"
         assert curve.read_text().startswith("step\taccuracy\n")
+    for log in ("teacher/sst2", "mt_teacher"):  # one task: the multi-task teacher logs like a single-task one
+        assert set(json.loads((project / "dvclive" / log / "metrics.json").read_text())["dev"]) == {"accuracy"}
+    assert not (project / "plots").exists()
 
     assert "up to date" in dvc("status", cwd=project).stdout
     metrics = dvc("metrics", "show", cwd=project).stdout
     assert "metrics/sst2.json" in metrics and "quality.dev.student.accuracy" in metrics
+    assert "dvclive/teacher/sst2/metrics.json" in metrics and "dvclive/mt_teacher/metrics.json" in metrics
     plots = dvc("plots", "show", "-o", str(project / "plots-html"), cwd=project)
     assert (project / "plots-html" / "index.html").is_file(), plots.stdout
 
@@ -82,7 +90,7 @@ def test_augment_param_reruns_only_downstream_stages(project):
     status = dvc("status", cwd=project).stdout
     assert "augment@sst2" in status and "teacher@sst2" not in status
     result = dvc("repro", cwd=project)
-    assert stages_run(result) == {"augment@sst2", "score@sst2", "student@sst2", "evaluate@sst2"}
+    assert stages_run(result) == {"augment@sst2", "score@sst2", "mt_score@sst2", "student@sst2", "evaluate@sst2"}
 
 
 def test_student_param_reruns_only_student_and_evaluate(project):

@@ -126,3 +126,18 @@ def test_user_errors_are_one_line_and_exit_1(sst2_shards, tmp_path, command):
     wrong_task = shards(command, "--task", "qqp", "--dir", str(out))
     assert wrong_task.exit_code == 1
     assert wrong_task.stderr == f"error: {out / MANIFEST_NAME}: shards of task 'sst2', not 'qqp'\n"
+
+
+def test_teacher_option_picks_the_default_shard_folder(sst2_shards, tmp_path, monkeypatch):
+    """Without --dir, --teacher single|multitask reads data/logits/<teacher>/<task> of the working directory."""
+    out, _ = sst2_shards
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(out, tmp_path / "data" / "logits" / "multitask" / "sst2")
+    result = shards("verify", "--task", "sst2", "--teacher", "multitask")
+    assert result.exit_code == 0 and result.stdout.startswith("ok: "), result.output
+    stats = json.loads(shards("stats", "--task", "sst2", "--teacher", "multitask", "--json").stdout)
+    assert stats["rows"] == 95
+    assert "id 0" in shards("show", "--task", "sst2", "--teacher", "multitask", "--rows", "1").stdout
+    missing = shards("verify", "--task", "sst2")  # default: the single-task teacher's folder, absent here
+    assert missing.exit_code == 1 and "data/logits/single/sst2/_manifest.json: manifest not found" in missing.output
+    assert shards("verify", "--task", "sst2", "--teacher", "both").exit_code == 2
