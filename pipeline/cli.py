@@ -116,7 +116,11 @@ def score(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH, teacher:
 
     with _stage(task, params) as (spec, hp):
         teacher_dir = paths.scoring_teacher_dir(spec.name, teacher)
-        run_score(spec, hp, paths.transfer_set(spec.name), teacher_dir, paths.shard_dir(spec.name, teacher))
+        # The multi-task teacher scores only what the MKD students read (mkd.max_originals_per_task).
+        max_originals = hp.mkd.max_originals_per_task if teacher == "multitask" else None
+        run_score(
+            spec, hp, paths.transfer_set(spec.name), teacher_dir, paths.shard_dir(spec.name, teacher), max_originals
+        )
 
 
 @app.command()

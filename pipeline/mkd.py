@@ -15,9 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline import paths
 from pipeline.device import pick_device, seed_everything
@@ -26,6 +24,7 @@ from pipeline.params import Params, TrainParams
 from pipeline.student.architectures import get_architecture, save_student
 from pipeline.student.base import StudentModel
 from pipeline.student.encoding import StudentEncoder
+from pipeline.subsets import subset_originals
 from pipeline.student.train import (
     TaskData,
     all_texts,
@@ -43,16 +42,6 @@ from pipeline.tracking import training_log
 log = logging.getLogger(__name__)
 
 JOINT_MODEL = "multitask"  # folder (under models/mkd/<architecture>) of the jointly distilled student
-
-
-def subset_originals(table: pa.Table, max_originals: int | None, seed: int) -> pa.Table:
-    """The rows of a transfer set (or its shards) that belong to a seeded random subset of at most ``max_originals``
-    original examples: each kept original with all its synthetic variants. ``None`` keeps every row."""
-    source_ids = np.unique(table.column("source_id").to_numpy())
-    if max_originals is None or len(source_ids) <= max_originals:
-        return table
-    kept = np.random.default_rng(seed).choice(source_ids, size=max_originals, replace=False)
-    return table.filter(pc.is_in(table.column("source_id"), value_set=pa.array(kept)))
 
 
 def _task_data(task: Task, params: Params, encoder: StudentEncoder, table: pa.Table, prepared_dir: Path) -> TaskData:

@@ -31,6 +31,7 @@ from pipeline.io import sha256_file, write_json, write_parquet
 from pipeline.params import Params
 from pipeline.schema import shard_schema
 from pipeline.shards import MANIFEST_NAME, SHARD_GLOB, shard_name
+from pipeline.subsets import subset_originals
 from pipeline.tasks import Task
 from pipeline.teacher import load_teacher, predict_logits, table_texts, teacher_fingerprint
 
@@ -43,8 +44,10 @@ RAY_ADDRESS_ENV = "RAY_ADDRESS"  # set: connect to that Ray cluster; unset: star
 ShardJob = tuple[int, pa.Table]  # (shard index, its transfer-set rows)
 
 
-def _run_inputs(transfer_path: Path, teacher_dir: Path, params: Params) -> dict[str, Any]:
+def _run_inputs(transfer_path: Path, teacher_dir: Path, params: Params, max_originals: int | None) -> dict[str, Any]:
     return {
+        "max_originals": max_originals,
+        "subset_seed": params.seed,
         "transfer_set_sha256": sha256_file(transfer_path),
         "teacher_fingerprint": teacher_fingerprint(teacher_dir),
         "shard_rows": params.score.shard_rows,
@@ -84,12 +87,15 @@ def score_table(task: Task, table: pa.Table, model, tokenizer, params: Params, p
     return table.append_column(shard_schema(task).field("logits"), logits_column).cast(shard_schema(task))
 
 
-def run_score(task: Task, params: Params, transfer_path: Path, teacher_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """Score every transfer-set row into ``out_dir/part-NNNNN.parquet`` plus ``manifest.json``."""
-    inputs = _run_inputs(transfer_path, teacher_dir, params)
+def run_score(
+    task: Task, params: Params, transfer_path: Path, teacher_dir: Path, out_dir: Path, max_originals: int | None = None
+) -> dict[str, Any]:
+    """Score every transfer-set row (or, with ``max_originals``, the rows of a seeded subset of that many originals:
+    ``pipeline.subsets.subset_originals``) into ``out_dir/part-NNNNN.parquet`` plus ``manifest.json``."""
+    inputs = _run_inputs(transfer_path, teacher_dir, params, max_originals)
     _prepare_out_dir(out_dir, inputs)
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-    transfer = pq.read_table(transfer_path)
+    transfer = subset_originals(pq.read_table(transfer_path), max_originals, params.seed)
     rows = params.score.shard_rows
     starts = range(0, transfer.num_rows, rows)
     pending = [

@@ -11,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import paths
-from pipeline.mkd import subset_originals
 from pipeline.params import Params
 from pipeline.schema import shard_schema
 from pipeline.score import write_manifest
 from pipeline.student.architectures import load_student, read_student_config
 from pipeline.student.train import predict
+from pipeline.subsets import subset_originals
 from pipeline.tasks import get_task
 from tests.test_student import NEGATIVE, POSITIVE, sentence, teacher_dir, write_prepared  # noqa: F401 (fixture)
 

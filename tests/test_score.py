@@ -14,6 +14,7 @@ from pipeline.params import load_params
 from pipeline.schema import shard_schema, transfer_schema
 from pipeline.score import run_score
 from pipeline.shards import MANIFEST_NAME, ShardError, load_shards, logits_matrix, read_manifest, verify_shards
+from pipeline.subsets import subset_originals
 from pipeline.tasks import get_task
 from pipeline.teacher import load_teacher, predict_logits
 from tests.conftest import REPO_ROOT
@@ -151,3 +152,22 @@ def test_pair_task_shards(tmp_path, teacher_dir):
     model, tokenizer = load_teacher(teacher_dir)
     expected = predict_logits(model, tokenizer, transfer["text_a"].to_pylist(), transfer["text_b"].to_pylist(), 8, 128)
     np.testing.assert_allclose(logits_matrix(table), expected, atol=1e-5)
+
+
+def test_score_subset_of_originals(tmp_path, teacher_dir, scored):
+    """With max_originals the shards hold exactly the subset MKD reads (whole originals with their variants), with the
+    same logits as a full run; changing the subset rescoring from scratch."""
+    transfer, full_out, _ = scored
+    manifest = run_score(SST2, params_with(shard_rows=20), tmp_path / "transfer.parquet", teacher_dir,
+                         tmp_path / "subset", max_originals=7)  # fmt: skip
+    subset = load_shards(tmp_path / "subset")
+    sources = set(subset.column("source_id").to_pylist())
+    assert manifest["max_originals"] == 7 and len(sources) == 7
+    assert subset.num_rows == sum(source in sources for source in transfer.column("source_id").to_pylist())
+    assert subset.drop(["logits"]).equals(subset_originals(transfer, 7, seed=42))
+    full = load_shards(full_out).to_pandas().set_index("id")
+    expected = np.stack(full.loc[subset.column("id").to_pylist(), "logits"].to_numpy())
+    np.testing.assert_allclose(logits_matrix(subset), expected, atol=1e-5)
+    run_score(SST2, params_with(shard_rows=20), tmp_path / "transfer.parquet", teacher_dir, tmp_path / "subset",
+              max_originals=4)  # fmt: skip
+    assert len(set(load_shards(tmp_path / "subset").column("source_id").to_pylist())) == 4
