@@ -159,7 +159,7 @@ def mkd(
         hp = load_params(params)
         run_mkd(
             student, hp, paths.LOGITS_DIR, paths.PREPARED_DIR, paths.MT_TEACHER_DIR, paths.mkd_dir(student),
-            paths.training_log("mkd", student),
+            paths.training_log("mkd", student), paths.training_log("mkd_finetune", student),
         )  # fmt: skip
 
 

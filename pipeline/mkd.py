@@ -51,11 +51,12 @@ def _task_data(task: Task, params: Params, encoder: StudentEncoder, table: pa.Ta
 
 def run_mkd(
     architecture: str, params: Params, logits_root: Path, prepared_dir: Path, mt_teacher_root: Path, out_dir: Path,
-    log_dir: Path,
+    log_dir: Path, finetune_log_dir: Path,
 ) -> dict[str, Any]:  # fmt: skip
     """Distil every task in ``params.tasks`` into one ``architecture`` student, then fine-tune per task; save all.
 
-    Students start from ``mkd.init_from``: the multi-task teacher (any task's folder under ``mt_teacher_root``:
+    Training curves go to ``log_dir`` (joint distillation) and ``finetune_log_dir/<task>``. Students start from
+    ``mkd.init_from``: the multi-task teacher (any task's folder under ``mt_teacher_root``:
     they share the encoder) or ``teacher.checkpoint``. Writes ``out_dir/multitask`` (the joint student, all heads) and, with ``mkd.finetune_epochs > 0``,
     ``out_dir/<task>`` (one head each). Returns a summary with every model's best dev metrics.
     """
@@ -79,18 +80,20 @@ def run_mkd(
     data = {task.name: _task_data(task, params, encoder, tables[task.name], prepared_dir) for task in tasks}
     rows = {name: table.num_rows for name, table in tables.items()}
     log.info("mkd %s: transfer rows per task %s; training %s", architecture, rows, train_params)
-    shutil.rmtree(log_dir, ignore_errors=True)
+    shutil.rmtree(finetune_log_dir, ignore_errors=True)
     with atomic_dir(out_dir) as tmp_out:
-        summary = _distil_and_fine_tune(architecture, params, train_params, model, encoder, data, rows, tmp_out, log_dir)
+        summary = _distil_and_fine_tune(
+            architecture, params, train_params, model, encoder, data, rows, tmp_out, log_dir, finetune_log_dir
+        )
     return summary
 
 
 def _distil_and_fine_tune(
     architecture: str, params: Params, train_params: TrainParams, model: StudentModel, encoder: StudentEncoder,
-    data: dict[str, TaskData], rows: dict[str, int], out_dir: Path, log_dir: Path,
+    data: dict[str, TaskData], rows: dict[str, int], out_dir: Path, log_dir: Path, finetune_log_dir: Path,
 ) -> dict[str, Any]:  # fmt: skip
     tasks = [d.task for d in data.values()]
-    with training_log(log_dir / JOINT_MODEL) as tracker:
+    with training_log(log_dir) as tracker:
         joint = fit(
             model, data, train_params, params.seed, tracker, params.mkd.sampling, params.mkd.temperature,
             desc=f"mkd {architecture}",
@@ -103,7 +106,7 @@ def _distil_and_fine_tune(
         for task in tasks:
             tuned = copy.deepcopy(model)
             tuned.keep_tasks([task.name])
-            with training_log(log_dir / task.name) as tracker:
+            with training_log(finetune_log_dir / task.name) as tracker:
                 result = fit(
                     tuned, {task.name: data[task.name]}, finetune_params, params.seed, tracker,
                     desc=f"mkd {architecture} fine-tune {task.name}",

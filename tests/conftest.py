@@ -78,6 +78,11 @@ def tiny_params(glue_dir: Path, teacher_checkpoint: Path, **sections: dict) -> d
     params["score"].update(batch_size=32, shard_rows=100, max_length=32)
     params["bilstm"].update(hidden_size=16, fc_hidden=16, max_length=16)
     params["transformer"].update(layers=1, max_length=32)  # the tiny BERT has 2 layers and 64 positions
+    params["biattentive"].update(
+        feedforward_size=16, encoder_size=8, integrator_size=8, output_sizes=[16], max_length=16
+    )  # fmt: skip
+    for training in params["mkd"]["training"].values():
+        training.update(epochs=2, batch_size=16, batch_size_pair=16)
     params["student"].update(epochs=2, batch_size=16, batch_size_pair=16)
     params["baseline"].update(epochs=2, batch_size=16, batch_size_pair=16)
     params["evaluate"].update(speed_examples=16, speed_batch_sizes=[1, 8], speed_repeats=1)

@@ -85,8 +85,10 @@ def test_run_mkd_joint_and_fine_tuned_students(mkd_params: Params, tmp_path: Pat
 
     for task in TASKS:
         write_task(tmp_path, task)
-    out, logs = tmp_path / "models" / "bilstm", tmp_path / "dvclive" / "bilstm"
-    summary = run_mkd("bilstm", mkd_params, tmp_path / "logits", tmp_path / "prepared", tmp_path / "unused", out, logs)
+    out, logs, tuning_logs = tmp_path / "models" / "bilstm", tmp_path / "dvclive" / "bilstm", tmp_path / "finetune"
+    summary = run_mkd(
+        "bilstm", mkd_params, tmp_path / "logits", tmp_path / "prepared", tmp_path / "unused", out, logs, tuning_logs
+    )
 
     joint_config = read_student_config(out / "multitask")
     assert joint_config["architecture"] == "bilstm" and joint_config["tasks"] == list(TASKS)
@@ -94,7 +96,7 @@ def test_run_mkd_joint_and_fine_tuned_students(mkd_params: Params, tmp_path: Pat
     assert summary["multitask"]["dev"]["sst2"]["accuracy"] >= 0.8
     joint, encoder = load_student(out / "multitask")
     assert set(joint.heads) == set(TASKS)
-    curves = {p.relative_to(logs / "multitask" / "plots" / "metrics").as_posix() for p in logs.rglob("multitask/**/*.tsv")}
+    curves = {p.relative_to(logs / "plots" / "metrics").as_posix() for p in logs.rglob("*.tsv")}
     assert {"train/loss.tsv", "dev/sst2/accuracy.tsv", "dev/rte/accuracy.tsv", "dev/stsb/pearson.tsv"} <= curves
 
     for task in TASKS:
@@ -108,7 +110,7 @@ def test_run_mkd_joint_and_fine_tuned_students(mkd_params: Params, tmp_path: Pat
         assert logits.shape == (dev.num_rows, spec.num_outputs)
         primary = spec.primary_metric
         assert summary[task]["dev"][task][primary] >= summary["multitask"]["dev"][task][primary]
-        assert json.loads((logs / task / "metrics.json").read_text())["best_epoch"] >= 1
+        assert json.loads((tuning_logs / task / "metrics.json").read_text())["best_epoch"] >= 1
 
 
 def test_run_mkd_without_fine_tuning_writes_only_the_joint_model(mkd_params: Params, tmp_path: Path) -> None:
@@ -120,5 +122,6 @@ def test_run_mkd_without_fine_tuning_writes_only_the_joint_model(mkd_params: Par
         "tasks": ["sst2", "stsb"], "mkd": mkd_params.mkd.model_copy(update={"finetune_epochs": 0}),
     })  # fmt: skip
     out = tmp_path / "models" / "bilstm"
-    run_mkd("bilstm", params, tmp_path / "logits", tmp_path / "prepared", tmp_path / "unused", out, tmp_path / "logs")
+    run_mkd("bilstm", params, tmp_path / "logits", tmp_path / "prepared", tmp_path / "unused", out,
+            tmp_path / "logs", tmp_path / "finetune")  # fmt: skip
     assert sorted(p.name for p in out.iterdir()) == ["multitask"]

@@ -18,12 +18,21 @@ from tests.test_pipeline_e2e import dvc, stages_run
 STAGES = ("prepare", "teacher", "augment", "score", "mt_score", "student", "baseline", "evaluate")
 MODELS = ("teacher", "student", "baseline")
 FIRST_TASKS = ["sst2", "qqp", "stsb"]
+MKD_STUDENTS = ("biattentive", "transformer", "bilstm")
+MULTI_TASK_STAGES = {"mt_teacher", *(f"mkd@{student}" for student in MKD_STUDENTS), "compare"}
 
 
 def set_tasks(project, tasks: list[str]) -> None:
     path = project / "params.yaml"
     params = yaml.safe_load(path.read_text())
     params["tasks"] = tasks
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def set_mkd_epochs(project, student: str, epochs: int) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params["mkd"]["training"][student]["epochs"] = epochs
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -70,7 +79,7 @@ def project(tmp_path_factory, tiny_bert_dir):
 
 def test_repro_runs_every_stage_of_every_task(project):
     result = dvc("repro", cwd=project)
-    assert stages_run(result) == stage_names(*FIRST_TASKS) | {"mt_teacher"}
+    assert stages_run(result) == stage_names(*FIRST_TASKS) | MULTI_TASK_STAGES
 
     check_report(project, "sst2", ("dev",), {"accuracy": (0, 1)})
     check_report(project, "qqp", ("dev",), {"f1": (0, 1), "accuracy": (0, 1)})
@@ -84,20 +93,42 @@ def test_repro_runs_every_stage_of_every_task(project):
             transfer = json.loads((project / "data" / "logits" / kind / task / "_manifest.json").read_text())
             assert transfer["num_rows"] > 40  # originals plus synthetic rows
 
+    for student in MKD_STUDENTS:
+        joint = json.loads((project / "models" / "mkd" / student / "multitask" / "config.json").read_text())
+        assert joint["architecture"] == student and joint["tasks"] == FIRST_TASKS
+        for task in FIRST_TASKS:
+            assert json.loads((project / "models" / "mkd" / student / task / "config.json").read_text())["tasks"] == [task]
+    comparison = json.loads((project / "metrics" / "comparison.json").read_text())
+    models = {"teacher", "mt_teacher", "student", "baseline", *(f"mkd_{s}{j}" for s in MKD_STUDENTS for j in ("", "_joint"))}
+    assert set(comparison["models"]) == models and set(comparison["average"]) == models
+    for model in models:
+        assert set(comparison["score"][model]) == set(FIRST_TASKS)
+        assert comparison["speed_over_single_teacher"][model]["sst2"]["speed_batch_1"] > 0
+    assert "| MKD biattentive |" in (project / "metrics" / "comparison.md").read_text()
+
     status = dvc("status", cwd=project).stdout
     assert "up to date" in status, status
     shown = dvc("metrics", "show", cwd=project).stdout
     assert "quality.dev.student.f1" in shown and "quality.dev.baseline.spearman" in shown
+    assert "average.mkd_biattentive" in shown
 
 
-def test_adding_a_task_runs_only_its_stages(project):
-    """The per-task pipeline (up to evaluate) runs only the new task's stages; the multi-task teacher, trained on
-    every task, is stale until the next full `dvc repro` (the first test covers that one)."""
-    set_tasks(project, [*FIRST_TASKS, "rte"])
-    result = dvc("repro", "evaluate", cwd=project)
-    assert stages_run(result) == stage_names("rte") - {"mt_score@rte"}
+def test_mkd_param_reruns_nothing_single_task(project):
+    set_mkd_epochs(project, "bilstm", 1)
+    result = dvc("repro", cwd=project)
+    assert stages_run(result) == {"mkd@bilstm", "compare"}
+
+
+def test_adding_a_task_reruns_multi_task_stages_and_its_own(project):
+    """The new task's single-task stages run, and every multi-task stage (their inputs now include the new task);
+    no other task's single-task stage runs."""
+    tasks = [*FIRST_TASKS, "rte"]
+    set_tasks(project, tasks)
+    result = dvc("repro", cwd=project)
+    mt_scores = {f"mt_score@{task}" for task in tasks}  # the multi-task teacher changed: it rescored every task
+    assert stages_run(result) == stage_names("rte") | MULTI_TASK_STAGES | mt_scores
     check_report(project, "rte", ("dev",), {"accuracy": (0, 1)})
-    assert stale_stages(dvc("status", cwd=project).stdout) == {"mt_teacher", "mt_score@rte"}
+    assert set(json.loads((project / "metrics" / "comparison.json").read_text())["score"]["mkd_bilstm"]) == set(tasks)
 
 
 def test_mnli_reports_matched_and_mismatched_dev(project):
@@ -108,4 +139,4 @@ def test_mnli_reports_matched_and_mismatched_dev(project):
     assert report["speed_examples"] == 16
     for split in ("dev_matched", "dev_mismatched"):
         assert (project / "data" / "prepared" / "mnli" / f"{split}.parquet").is_file()
-    assert stale_stages(dvc("status", cwd=project).stdout) == {"mt_teacher", "mt_score@rte", "mt_score@mnli"}
+    assert stale_stages(dvc("status", cwd=project).stdout) == MULTI_TASK_STAGES | {"mt_score@mnli"}
