@@ -149,6 +149,66 @@ def evaluate(
         typer.echo(table)
 
 
+@app.command()
+def export(
+    task: TaskOption,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    model_dir: Annotated[Path | None, typer.Option(help="saved student folder, any architecture "
+                                                       "(default: models/student/<task>)")] = None,
+    out: Annotated[Path | None, typer.Option(help="export folder (default: models/export/<task>)")] = None,
+    metrics: Annotated[Path | None, typer.Option(help="check report (default: metrics/export/<task>.json)")] = None,
+) -> None:
+    """Export a trained student as ONNX (+ int8 and fast variants) runnable without this repository; check parity."""
+    from pipeline.evaluate import dev_splits
+    from pipeline.export import ExportError, export_student
+
+    with _stage(task, params) as (spec, hp):
+        try:
+            report = export_student(
+                spec, hp.export, model_dir or paths.student_dir(spec.name), out or paths.export_dir(spec.name),
+                dev_splits(spec), metrics or paths.export_metrics(spec.name),
+            )  # fmt: skip
+        except ExportError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        for variant, entry in report["variants"].items():
+            typer.echo(f"{variant}: {entry['file_bytes'] / 1e6:.1f} MB, max |logit diff| vs PyTorch "
+                       f"{entry['max_abs_logit_diff']:.2g}, dev {entry['dev']}")
+
+
+@app.command()
+def predict(
+    task: TaskOption,
+    input_path: Annotated[Path, typer.Argument(metavar="[FILE]", help="sentences, one per line (pairs: two "
+                                                                       "tab-separated columns); - = stdin")] = Path("-"),
+    model: Annotated[str, typer.Option(help="student-onnx | student-int8 | student-table (exported, onnxruntime); "
+                                            "student | baseline | teacher (PyTorch)")] = "student-onnx",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="JSON lines file (default: stdout)")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads (default: all cores)")] = None,
+    truncate: Annotated[bool, typer.Option(help="cut over-long inputs to the model's length instead of failing")] = False,
+    params: Annotated[Path, typer.Option(help="params file (read for the teacher only)")] = DEFAULT_PARAMS_PATH,
+) -> None:
+    """Label and class probabilities (STS-B: score) per input line, as JSON lines; any invalid line fails the run."""
+    from pipeline.io import write_text
+    from pipeline.predict import InputError, UnknownModelError, load_model, run_predict
+
+    with _user_errors():
+        spec = get_task(task)
+        source = "<stdin>" if str(input_path) == "-" else str(input_path)
+        data = sys.stdin.buffer.read() if source == "<stdin>" else input_path.read_bytes()
+        try:
+            lines = run_predict(load_model(model, spec, params, threads), spec, data, source, batch_size, truncate)
+        except (InputError, UnknownModelError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        text = "".join(line + "\n" for line in lines)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            write_text(text, output)
+
+
 @shards_app.command("show")
 def shards_show(
     task: TaskOption,

@@ -1,7 +1,9 @@
-"""Evaluate stage: teacher vs KD student vs no-KD baseline on dev (or any GLUE-format file).
+"""Evaluate stage: teacher vs KD student vs no-KD baseline vs the exported student variants on dev (or any file).
 
-Reports each task metric, parameter counts, and CPU inference throughput at several batch sizes, all
-models timed in one run with the same thread count.
+Reports each task metric, parameter counts (PyTorch models) and sizes, and CPU inference throughput at several
+batch sizes, tokenisation included, every model timed in one run with the same thread count (torch threads and
+onnxruntime intra-op threads). Exported variants (``models/export/<task>``, run by onnxruntime through
+``pipeline.deploy``) appear as ``student-onnx``, ``student-int8``, ``student-table`` when the folder exists.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline import paths
+from pipeline import deploy, paths
 from pipeline.device import pick_device
 from pipeline.metrics import compute_metrics
 from pipeline.params import Params
@@ -29,11 +31,15 @@ from pipeline.tasks import Task
 from pipeline.teacher import load_teacher, predict_logits, table_texts
 
 Predictor = Callable[[Sequence[str], Sequence[str] | None, int], np.ndarray]
-MODELS = ("teacher", "student", "baseline")
+EXPORTED_PREFIX = "student-"
+BYTES_PER_PARAMETER = 4  # fp32 weights of the PyTorch models
 
 
 def load_predictors(task: Task, params: Params, device: torch.device) -> tuple[dict[str, Predictor], dict[str, dict[str, int]]]:
-    """A predict function (texts -> logits) and parameter counts for each of the three models."""
+    """A predict function (texts -> logits) and sizes for the three PyTorch models and every exported variant.
+
+    Sizes: parameter counts (``total``, ``without_embeddings``) of PyTorch models, ``bytes`` of every model (fp32
+    parameters, or the ONNX file)."""
     teacher, tokenizer = load_teacher(paths.teacher_dir(task.name), device)
     predictors: dict[str, Predictor] = {
         "teacher": lambda a, b, batch_size: predict_logits(
@@ -51,6 +57,14 @@ def load_predictors(task: Task, params: Params, device: torch.device) -> tuple[d
             "total": count_parameters(model, include_embeddings=True),
             "without_embeddings": count_parameters(model, include_embeddings=False),
         }
+    for counts in sizes.values():
+        counts["bytes"] = counts["total"] * BYTES_PER_PARAMETER
+    export_folder = paths.export_dir(task.name)
+    if export_folder.exists():
+        for variant, file_name in deploy.read_config(export_folder)["models"].items():
+            runner = deploy.ExportedStudent(export_folder, variant, params.evaluate.threads)
+            predictors[EXPORTED_PREFIX + variant] = runner.logits
+            sizes[EXPORTED_PREFIX + variant] = {"bytes": (export_folder / file_name).stat().st_size}
     return predictors, sizes
 
 
@@ -111,33 +125,54 @@ def evaluate_splits(task: Task, params: Params, splits: dict[str, pa.Table]) -> 
             "teacher_over_student_parameters_without_embeddings": (
                 sizes["teacher"]["without_embeddings"] / sizes["student"]["without_embeddings"]
             ),
-            **{f"student_over_teacher_speed_{key}": value["student"] / value["teacher"] for key, value in speed.items()},
+            **speed_ratios(speed),
         },
         "cpu_threads": params.evaluate.threads,
         "speed_examples": speed_table.num_rows,
     }
 
 
+def speed_ratios(speed: dict[str, dict[str, float]]) -> dict[str, float | str]:
+    """Per batch size: each student variant's speed over the teacher's, and the fastest student variant."""
+    ratios: dict[str, float | str] = {}
+    for key, by_model in speed.items():
+        students = {name: value for name, value in by_model.items() if name == "student" or name.startswith(EXPORTED_PREFIX)}
+        for name, value in students.items():
+            ratios[f"{name}_over_teacher_speed_{key}"] = value / by_model["teacher"]
+        best = max(students, key=students.__getitem__)
+        ratios[f"best_student_over_teacher_speed_{key}"] = students[best] / by_model["teacher"]
+        ratios[f"best_student_{key}"] = best
+    return ratios
+
+
 def markdown_table(report: dict[str, Any]) -> str:
-    """A Markdown summary: one row per model, metric columns per split, size and speed columns."""
+    """A Markdown summary: one row per model, metric columns per split, size and speed columns, speed ratios."""
     splits = list(report["quality"])
     metric_names = list(report["quality"][splits[0]]["teacher"])
     speed_keys = list(report["cpu_sentences_per_second"])
-    header = ["model", *[f"{split} {metric}" for split in splits for metric in metric_names], "params", "params w/o emb", *[f"CPU sent/s {k.replace('_', ' ')}" for k in speed_keys]]
+    header = [
+        "model", *[f"{split} {metric}" for split in splits for metric in metric_names], "params", "params w/o emb",
+        "size MB", *[f"CPU sent/s {k.replace('_', ' ')}" for k in speed_keys],
+    ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for model in MODELS:
+    for model, size in report["parameters"].items():
         cells = [model]
         cells += [f"{100 * report['quality'][split][model][metric]:.2f}" for split in splits for metric in metric_names]
-        cells += [f"{report['parameters'][model]['total']:,}", f"{report['parameters'][model]['without_embeddings']:,}"]
+        cells += [f"{size[key]:,}" if key in size else "-" for key in ("total", "without_embeddings")]
+        cells.append(f"{size['bytes'] / 1e6:.1f}")
         cells += [f"{report['cpu_sentences_per_second'][key][model]:.1f}" for key in speed_keys]
         lines.append("| " + " | ".join(cells) + " |")
     ratios = report["ratios"]
+    speedups = "; ".join(
+        f"{ratios[f'best_student_{key}']}/teacher CPU speed {key.replace('_', ' ')}: "
+        f"{ratios[f'best_student_over_teacher_speed_{key}']:.1f}x (PyTorch student: "
+        f"{ratios[f'student_over_teacher_speed_{key}']:.1f}x)"
+        for key in speed_keys
+    )
     lines.append("")
     lines.append(f"Teacher/student parameters: {ratios['teacher_over_student_parameters']:.1f}x "
                  f"({ratios['teacher_over_student_parameters_without_embeddings']:.1f}x without embedding tables, "
-                 "the paper's count); "
-                 + "; ".join(f"student/teacher CPU speed {k.removeprefix('student_over_teacher_speed_').replace('_', ' ')}: {v:.1f}x"
-                             for k, v in ratios.items() if k.startswith("student_over")))
+                 f"the paper's count); fastest student variant {speedups}")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
