@@ -16,7 +16,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from pipeline import paths
-from pipeline.evaluate import measure_throughput
+from pipeline.evaluate import measure_throughputs
 from pipeline.student.architectures import load_student
 from pipeline.student.train import predict
 from pipeline.tasks import get_task
@@ -51,16 +51,12 @@ def main() -> None:
         models[f"{name} (random init, timing only)"] = BertForSequenceClassification(config).eval()
     student, encoder = load_student(paths.student_dir(task.name), cpu)
 
-    rates = {
-        name: measure_throughput(
-            lambda a, b, bs, model=model: predict_logits(model, tokenizer, a, b, bs, MAX_LENGTH),
-            text_a, text_b, args.batch_size, args.repeats,
-        )
+    predictors = {
+        name: lambda a, b, bs, model=model: predict_logits(model, tokenizer, a, b, bs, MAX_LENGTH)
         for name, model in models.items()
     }
-    rates["student"] = measure_throughput(
-        lambda a, b, bs: predict(student, encoder, task.name, a, b, bs), text_a, text_b, args.batch_size, args.repeats
-    )
+    predictors["student"] = lambda a, b, bs: predict(student, encoder, task.name, a, b, bs)
+    rates = measure_throughputs(predictors, text_a, text_b, args.batch_size, args.repeats)
     print(f"task {task.name}, {len(text_a)} dev sentences, batch size {args.batch_size}, {args.threads} CPU threads")
     for name, rate in rates.items():
         ratio = rates["student"] / rate

@@ -282,3 +282,35 @@ def bench_score(
         typer.echo(format_report(report))
         if json_path is not None:
             write_json(report, json_path)
+
+
+@bench_app.command("student")
+def bench_student(
+    task: TaskOption,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    sentences: Annotated[int, typer.Option(min=1, help="dev sentences timed one at a time")] = 256,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch/onnxruntime threads (default: evaluate.threads)")] = None,
+    repeats: Annotated[int | None, typer.Option(min=1, help="timed passes, best counts (default: evaluate.speed_repeats)")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="also save the numbers as JSON here")] = None,
+) -> None:
+    """Where the BiLSTM student's time goes at batch size 1 (PyTorch parts, onnxruntime ops per exported variant)."""
+    import torch
+
+    from pipeline.bench_student import format_breakdown, run_bench
+    from pipeline.evaluate import dev_splits
+    from pipeline.io import write_json
+    from pipeline.student.architectures import load_student
+    from pipeline.teacher import table_texts
+
+    with _stage(task, params) as (spec, hp):
+        if spec.is_pair:
+            raise typer.BadParameter(f"{spec.name}: bench student times single-sentence tasks")
+        model, encoder = load_student(paths.student_dir(spec.name), torch.device("cpu"))
+        texts = table_texts(spec, next(iter(dev_splits(spec).values())).slice(0, sentences))[0]
+        report = run_bench(model, encoder, spec.name, paths.export_dir(spec.name), texts,
+                           threads or hp.evaluate.threads, repeats or hp.evaluate.speed_repeats)  # fmt: skip
+        report["command"] = shlex.join(["python", "-m", "pipeline", *sys.argv[1:]])
+        typer.echo(format_breakdown(report))
+        if json_path is not None:
+            write_json(report, json_path)
+

@@ -72,17 +72,23 @@ def _teacher_embedding_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if ".embeddings." in f".{name}")
 
 
-def measure_throughput(
-    predictor: Predictor, text_a: Sequence[str], text_b: Sequence[str] | None, batch_size: int, repeats: int
-) -> float:
-    """Sentences (or pairs) per second, tokenisation included: the best of ``repeats`` passes after a warm-up."""
-    predictor(text_a[:batch_size], text_b[:batch_size] if text_b else None, batch_size)  # warm-up
-    best = math.inf
+def measure_throughputs(
+    predictors: dict[str, Predictor], text_a: Sequence[str], text_b: Sequence[str] | None, batch_size: int, repeats: int
+) -> dict[str, float]:
+    """Sentences (or pairs) per second of each model, tokenisation included: the best of ``repeats`` passes.
+
+    Passes are interleaved (every repeat times each model once, after one warm-up call each), so that load changes
+    on a shared machine reach all models alike.
+    """
+    for predictor in predictors.values():
+        predictor(text_a[:batch_size], text_b[:batch_size] if text_b else None, batch_size)
+    best = dict.fromkeys(predictors, math.inf)
     for _ in range(repeats):
-        start = time.perf_counter()
-        predictor(text_a, text_b, batch_size)
-        best = min(best, time.perf_counter() - start)
-    return len(text_a) / best
+        for name, predictor in predictors.items():
+            start = time.perf_counter()
+            predictor(text_a, text_b, batch_size)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: len(text_a) / seconds for name, seconds in best.items()}
 
 
 def evaluate_splits(task: Task, params: Params, splits: dict[str, pa.Table]) -> dict[str, Any]:
@@ -106,10 +112,7 @@ def evaluate_splits(task: Task, params: Params, splits: dict[str, pa.Table]) -> 
     torch.set_num_threads(params.evaluate.threads)
     try:
         speed = {
-            f"batch_{size}": {
-                name: measure_throughput(fn, speed_a, speed_b, size, params.evaluate.speed_repeats)
-                for name, fn in cpu_predictors.items()
-            }
+            f"batch_{size}": measure_throughputs(cpu_predictors, speed_a, speed_b, size, params.evaluate.speed_repeats)
             for size in params.evaluate.speed_batch_sizes
         }
     finally:

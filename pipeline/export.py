@@ -18,6 +18,7 @@ match within ``export.parity_tolerance``; each variant's task metrics and the in
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,13 @@ from pipeline.student.architectures import MODEL_FILE, load_student
 from pipeline.student.base import StudentModel
 from pipeline.student.bilstm import BiLSTMStudent
 from pipeline.student.bilstm_table import gate_table_graph
-from pipeline.student.encoding import MASK_TOKEN, WORD_PATTERN, StudentEncoder, WordEncoder, WordPieceEncoder
+from pipeline.student.encoding import (
+    MASK_TOKEN,
+    WORD_PATTERN,
+    StudentEncoder,
+    WordEncoder,
+    WordPieceEncoder,
+)
 from pipeline.student.train import predict
 from pipeline.tasks import Task
 from pipeline.teacher import table_texts
@@ -83,14 +90,23 @@ def trace_batch(encoder: StudentEncoder, task: Task) -> dict[str, torch.Tensor]:
 
 
 def export_onnx(model: StudentModel, encoder: StudentEncoder, task: Task, path: Path, opset: int) -> list[str]:
-    """Write ``model``'s ``task`` forward pass as ONNX with dynamic batch and time axes; return the input names."""
+    """Write ``model``'s ``task`` forward pass as ONNX with dynamic batch and time axes; return the input names.
+
+    Uses the TorchScript exporter: with torch 2.13 the ``torch.export``-based one fixed the time axis of the BiLSTM's
+    reversal to the traced length (an ``Expand`` that fails for any other length).
+    """
     batch = trace_batch(encoder, task)
     names = list(batch)
     dynamic_axes = {name: {0: "batch"} if name.endswith(deploy.LENGTHS_SUFFIX) else {0: "batch", 1: f"time_{name}"}
                     for name in names}  # fmt: skip
     dynamic_axes[deploy.LOGITS_OUTPUT] = {0: "batch"}
     wrapper = TaskForward(model, task.name, names).eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter warns about size checks inside nn.LSTM and about variable-length LSTMs at batch
+        # sizes other than 1; check_variants runs the exported graph on padded dev batches of every size instead.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
         torch.onnx.export(
             wrapper, tuple(batch.values()), str(path), input_names=names, output_names=[deploy.LOGITS_OUTPUT],
             dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False, do_constant_folding=True,

@@ -139,7 +139,7 @@ class ExportParams(_Section):
     opset: int = Field(default=17, ge=14)
     int8_weight_type: Literal["qint8", "quint8"] = "qint8"
     int8_per_channel: bool = False
-    int8_ops: list[str] = Field(default_factory=lambda: ["LSTM", "MatMul", "Gemm"], min_length=1)
+    int8_ops: list[str] = Field(default_factory=lambda: ["LSTM", "MatMul", "Gemm", "Gather"], min_length=1)
     parity_tolerance: float = Field(default=1e-4, gt=0)
     max_int8_drop: float = Field(default=0.5, ge=0)
     check_batch_size: int = Field(default=64, gt=0)

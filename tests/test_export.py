@@ -16,15 +16,21 @@ import pytest
 import torch
 
 from pipeline import deploy
+from pipeline.export import (
+    ExportError,
+    check_variants,
+    export_student,
+    standalone_tokenizer,
+    write_export,
+)
 from pipeline.metrics import compute_metrics
 from pipeline.params import BiLSTMParams, ExportParams, Params
 from pipeline.student.architectures import save_student
 from pipeline.student.bilstm import BiLSTMStudent
 from pipeline.student.encoding import WordEncoder, build_word_vocab
 from pipeline.student.train import predict
-from pipeline.export import ExportError, check_variants, export_student, standalone_tokenizer, write_export
 from pipeline.tasks import get_task
-from tests.conftest import FILLER, NEGATIVE, POSITIVE, make_sentence
+from tests.conftest import make_sentence
 
 PARITY = 1e-4
 

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from pipeline import deploy, paths
 from pipeline.cli import app
+from pipeline.export import write_export
 from pipeline.params import ExportParams
 from pipeline.predict import parse_lines
 from pipeline.student.architectures import save_student
-from pipeline.export import write_export
 from pipeline.tasks import get_task
 from tests.test_export import build_student, texts
 
@@ -100,8 +100,8 @@ def test_pairs_from_a_tsv_file_and_scores_for_stsb(project, monkeypatch, tmp_pat
         ("sst2", ["good film", "", "bad film"], ["<stdin>:2: empty line"]),
         ("sst2", ["good film", "   ", "bad\tfilm", "fine"], ["<stdin>:2: empty line", "<stdin>:3: expected one sentence"]),
         ("mrpc", ["good\tfilm", "bad film", "a\tb\tc", "x\t "],
-         ["<stdin>:2: expected 2 tab-separated columns for mrpc, found 1", "<stdin>:3: expected 2 tab-separated "
-          "columns for mrpc, found 3", "<stdin>:4: column 2 is empty"]),
+         ["<stdin>:2: expected 2 tab-separated columns for mrpc, found 1",
+          "<stdin>:3: expected 2 tab-separated columns for mrpc, found 3", "<stdin>:4: column 2 is empty"]),
         ("sst2", ["good film", "good " * (MAX_LENGTH + 1), "bad"],
          [f"<stdin>:2: {MAX_LENGTH + 1} tokens, more than student-onnx's maximum of {MAX_LENGTH}"]),
         ("mrpc", ["good\tfilm", "bad\t" + "dull " * (MAX_LENGTH + 3)],

@@ -59,7 +59,7 @@ class _Graph:
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
 
-    def const(self, value: np.ndarray | list | int | float, dtype: type = np.int64) -> str:
+    def const(self, value: np.ndarray | list | float, dtype: type = np.int64) -> str:
         name = f"const_{len(self.initializers)}"
         self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
@@ -67,7 +67,7 @@ class _Graph:
     def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs: object) -> str | list[str]:
         self._count += 1
         names = [f"{op_type.lower()}_{self._count}_{k}" for k in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), names, **attrs))
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=names[0], **attrs))
         return names[0] if outputs == 1 else names
 
     def dim(self, x: str, axis: int) -> str:
@@ -82,7 +82,7 @@ class _Graph:
 
 def _scan_body(recurrent: np.ndarray, hidden: int) -> onnx.GraphProto:
     """One LSTM step for both directions: state ``[2, batch, hidden]``, gate inputs ``[2, batch, 4 * hidden]``."""
-    value = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)  # noqa: E731
+    value = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
     nodes = [
         helper.make_node("MatMul", ["h_in", "recurrent"], ["h_gates"]),
         helper.make_node("Add", ["h_gates", "x_gates"], ["gates"]),
