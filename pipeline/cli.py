@@ -202,6 +202,66 @@ def compare(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
         typer.echo(table)
 
 
+@app.command()
+def export(
+    task: TaskOption,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    model_dir: Annotated[Path | None, typer.Option(help="saved student folder, any architecture "
+                                                       "(default: models/student/<task>)")] = None,
+    out: Annotated[Path | None, typer.Option(help="export folder (default: models/export/<task>)")] = None,
+    metrics: Annotated[Path | None, typer.Option(help="check report (default: metrics/export/<task>.json)")] = None,
+) -> None:
+    """Export a trained student as ONNX (+ int8 and fast variants) runnable without this repository; check parity."""
+    from pipeline.evaluate import dev_splits
+    from pipeline.export import ExportError, export_student
+
+    with _stage(task, params) as (spec, hp):
+        try:
+            report = export_student(
+                spec, hp.export, model_dir or paths.student_dir(spec.name), out or paths.export_dir(spec.name),
+                dev_splits(spec), metrics or paths.export_metrics(spec.name),
+            )  # fmt: skip
+        except ExportError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        for variant, entry in report["variants"].items():
+            typer.echo(f"{variant}: {entry['file_bytes'] / 1e6:.1f} MB, max |logit diff| vs PyTorch "
+                       f"{entry['max_abs_logit_diff']:.2g}, dev {entry['dev']}")
+
+
+@app.command()
+def predict(
+    task: TaskOption,
+    input_path: Annotated[Path, typer.Argument(metavar="[FILE]", help="sentences, one per line (pairs: two "
+                                                                       "tab-separated columns); - = stdin")] = Path("-"),
+    model: Annotated[str, typer.Option(help="student-onnx | student-int8 | student-table (exported, onnxruntime); "
+                                            "student | baseline | teacher (PyTorch)")] = "student-onnx",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="JSON lines file (default: stdout)")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads (default: all cores)")] = None,
+    truncate: Annotated[bool, typer.Option(help="cut over-long inputs to the model's length instead of failing")] = False,
+    params: Annotated[Path, typer.Option(help="params file (read for the teacher only)")] = DEFAULT_PARAMS_PATH,
+) -> None:
+    """Label and class probabilities (STS-B: score) per input line, as JSON lines; any invalid line fails the run."""
+    from pipeline.io import write_text
+    from pipeline.predict import InputError, UnknownModelError, load_model, run_predict
+
+    with _user_errors():
+        spec = get_task(task)
+        source = "<stdin>" if str(input_path) == "-" else str(input_path)
+        data = sys.stdin.buffer.read() if source == "<stdin>" else input_path.read_bytes()
+        try:
+            lines = run_predict(load_model(model, spec, params, threads), spec, data, source, batch_size, truncate)
+        except (InputError, UnknownModelError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        text = "".join(line + "\n" for line in lines)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            write_text(text, output)
+
+
 @shards_app.command("show")
 def shards_show(
     task: TaskOption,
@@ -277,3 +337,35 @@ def bench_score(
         typer.echo(format_report(report))
         if json_path is not None:
             write_json(report, json_path)
+
+
+@bench_app.command("student")
+def bench_student(
+    task: TaskOption,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    sentences: Annotated[int, typer.Option(min=1, help="dev sentences timed one at a time")] = 256,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch/onnxruntime threads (default: evaluate.threads)")] = None,
+    repeats: Annotated[int | None, typer.Option(min=1, help="timed passes, best counts (default: evaluate.speed_repeats)")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="also save the numbers as JSON here")] = None,
+) -> None:
+    """Where the BiLSTM student's time goes at batch size 1 (PyTorch parts, onnxruntime ops per exported variant)."""
+    import torch
+
+    from pipeline.bench_student import format_breakdown, run_bench
+    from pipeline.evaluate import dev_splits
+    from pipeline.io import write_json
+    from pipeline.student.architectures import load_student
+    from pipeline.teacher import table_texts
+
+    with _stage(task, params) as (spec, hp):
+        if spec.is_pair:
+            raise typer.BadParameter(f"{spec.name}: bench student times single-sentence tasks")
+        model, encoder = load_student(paths.student_dir(spec.name), torch.device("cpu"))
+        texts = table_texts(spec, next(iter(dev_splits(spec).values())).slice(0, sentences))[0]
+        report = run_bench(model, encoder, spec.name, paths.export_dir(spec.name), texts,
+                           threads or hp.evaluate.threads, repeats or hp.evaluate.speed_repeats)  # fmt: skip
+        report["command"] = shlex.join(["python", "-m", "pipeline", *sys.argv[1:]])
+        typer.echo(format_breakdown(report))
+        if json_path is not None:
+            write_json(report, json_path)
+

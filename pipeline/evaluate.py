@@ -1,8 +1,11 @@
-"""Evaluate stage: teacher vs KD student vs no-KD baseline on dev (or any GLUE-format file).
+"""Evaluate stage: teacher vs KD student vs no-KD baseline vs the exported student variants on dev (or any file).
 
-Reports each task metric, parameter counts, and CPU inference throughput at several batch sizes, all models timed
-in one run with the same thread count, their timed passes interleaved (model A, B, C, then A, B, C again...) so a
-change of machine load biases no model. The same functions evaluate the multi-task models (the MKD comparison).
+Reports each task metric, parameter counts and sizes, and CPU inference throughput at several batch sizes,
+tokenisation included, all models timed in one run with the same thread count (torch threads and onnxruntime
+intra-op threads), their timed passes interleaved (model A, B, C, then A, B, C again...) so a change of machine load
+biases no model. Exported variants (``models/export/<task>``, run by onnxruntime through ``pipeline.deploy``) appear as
+``student-onnx``, ``student-int8``, ``student-table``. The same functions evaluate the multi-task models (the MKD
+comparison).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline import paths
+from pipeline import deploy, paths
 from pipeline.device import pick_device
 from pipeline.metrics import compute_metrics
 from pipeline.params import Params
@@ -31,6 +34,8 @@ from pipeline.tasks import Task
 from pipeline.teacher import load_teacher, predict_logits, table_texts
 
 Predictor = Callable[[Sequence[str], Sequence[str] | None, int], np.ndarray]
+EXPORTED_PREFIX = "student-"  # exported variants of the Tang student: student-onnx, student-int8, ...
+BYTES_PER_PARAMETER = 4  # fp32 weights of the PyTorch models
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,7 @@ class LoadedModel:
     """A model ready to score texts (``predict(text_a, text_b, batch_size) -> logits``) and its size."""
 
     predict: Predictor
-    parameters: dict[str, int]  # "total" and "without_embeddings"
+    parameters: dict[str, int]  # "bytes" (fp32 weights, or the ONNX file); PyTorch models: "total", "without_embeddings"
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,8 @@ def teacher_source(model_dir: Path, params: Params) -> ModelSource:
         def predict_fn(a: Sequence[str], b: Sequence[str] | None, batch_size: int) -> np.ndarray:
             return predict_logits(model, tokenizer, a, b, batch_size, params.teacher.max_length, params.teacher.mixed_precision)
 
-        return LoadedModel(predict_fn, {"total": total, "without_embeddings": total - embeddings})
+        sizes = {"total": total, "without_embeddings": total - embeddings, "bytes": total * BYTES_PER_PARAMETER}
+        return LoadedModel(predict_fn, sizes)
 
     return ModelSource(model_dir, load)
 
@@ -74,21 +80,39 @@ def student_source(model_dir: Path, task: Task) -> ModelSource:
         def predict_fn(a: Sequence[str], b: Sequence[str] | None, batch_size: int) -> np.ndarray:
             return predict(model, encoder, task.name, a, b, batch_size)
 
+        total = count_parameters(model, include_embeddings=True)
         sizes = {
-            "total": count_parameters(model, include_embeddings=True),
+            "total": total,
             "without_embeddings": count_parameters(model, include_embeddings=False),
+            "bytes": total * BYTES_PER_PARAMETER,
         }
         return LoadedModel(predict_fn, sizes)
 
     return ModelSource(model_dir, load)
 
 
+def exported_sources(folder: Path, threads: int, prefix: str = EXPORTED_PREFIX) -> dict[str, ModelSource]:
+    """Every variant of an exported student folder (none if it does not exist), run by onnxruntime."""
+    if not folder.is_dir():
+        return {}
+
+    def source(variant: str, file_name: str) -> ModelSource:
+        def load(device: torch.device) -> LoadedModel:
+            runner = deploy.ExportedStudent(folder, variant, threads)
+            return LoadedModel(runner.logits, {"bytes": (folder / file_name).stat().st_size})
+
+        return ModelSource(folder, load)
+
+    return {prefix + variant: source(variant, file_name) for variant, file_name in deploy.read_config(folder)["models"].items()}
+
+
 def single_task_models(task: Task, params: Params) -> dict[str, ModelSource]:
-    """The single-task teacher, Tang et al.'s KD student and the no-KD baseline of ``task``."""
+    """The single-task teacher, Tang et al.'s KD student, the no-KD baseline and the student's exported variants."""
     return {
         "teacher": teacher_source(paths.teacher_dir(task.name), params),
         "student": student_source(paths.student_dir(task.name), task),
         "baseline": student_source(paths.baseline_dir(task.name), task),
+        **exported_sources(paths.export_dir(task.name), params.evaluate.threads),
     }
 
 
@@ -180,23 +204,35 @@ def evaluate_models(
 
 
 def ratios(report: dict[str, Any], model: str, reference: str) -> dict[str, float]:
-    """How many times smaller and faster ``model`` is than ``reference`` in an ``evaluate_models`` report."""
+    """How many times smaller and faster ``model`` is than ``reference`` in an ``evaluate_models`` report
+    (parameter ratios where both are PyTorch models, the size ratio in bytes always)."""
     sizes, speed = report["parameters"], report["cpu_sentences_per_second"]
+    out = {"bytes": sizes[reference]["bytes"] / sizes[model]["bytes"]}
+    for count in ("total", "without_embeddings"):
+        if count in sizes[model] and count in sizes[reference]:
+            out[f"parameters_{count}"] = sizes[reference][count] / sizes[model][count]
+    return out | {f"speed_{key}": rates[model]["median"] / rates[reference]["median"] for key, rates in speed.items()}
+
+
+def fastest(report: dict[str, Any], models: Sequence[str]) -> dict[str, str]:
+    """Per timed batch size, which of ``models`` has the highest median throughput."""
     return {
-        "parameters": sizes[reference]["total"] / sizes[model]["total"],
-        "parameters_without_embeddings": sizes[reference]["without_embeddings"] / sizes[model]["without_embeddings"],
-        **{f"speed_{key}": rates[model]["median"] / rates[reference]["median"] for key, rates in speed.items()},
+        key: max(models, key=lambda name: rates[name]["median"])
+        for key, rates in report["cpu_sentences_per_second"].items()
     }
 
 
 def evaluate_splits(task: Task, params: Params, splits: dict[str, pa.Table], all_models: bool = False) -> dict[str, Any]:
-    """The evaluate stage's report: teacher, KD student and baseline (``all_models``: plus every multi-task model
-    that exists), with the student's size and speed ratios to the teacher."""
+    """The evaluate stage's report: teacher, KD student, baseline and the student's exported variants
+    (``all_models``: plus every multi-task model that exists), with every student variant's size and speed ratios
+    to the teacher and the fastest variant per batch size."""
     models = single_task_models(task, params)
     if all_models:
         models = {**models, **existing(multi_task_models(task, params))}
     report = evaluate_models(task, params, models, splits)
-    report["ratios"] = {"student_vs_teacher": ratios(report, "student", "teacher")}
+    students = ["student", *(name for name in models if name.startswith(EXPORTED_PREFIX))]
+    report["ratios"] = {f"{name}_vs_teacher": ratios(report, name, "teacher") for name in students}
+    report["fastest_student"] = fastest(report, students)
     return report
 
 
@@ -207,23 +243,26 @@ def markdown_table(report: dict[str, Any]) -> str:
     speed_keys = list(report["cpu_sentences_per_second"])
     header = [
         "model", *[f"{split} {metric}" for split in splits for metric in metric_names], "params", "params w/o emb",
-        *[f"CPU sent/s {key.replace('_', ' ')}" for key in speed_keys],
+        "size MB", *[f"CPU sent/s {key.replace('_', ' ')}" for key in speed_keys],
     ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model in report["models"]:
         sizes = report["parameters"][model]
         cells = [model]
         cells += [f"{100 * report['quality'][split][model][metric]:.2f}" for split in splits for metric in metric_names]
-        cells += [f"{sizes['total']:,}", f"{sizes['without_embeddings']:,}"]
+        cells += [f"{sizes[key]:,}" if key in sizes else "-" for key in ("total", "without_embeddings")]
+        cells.append(f"{sizes['bytes'] / 1e6:.1f}")
         cells += [f"{report['cpu_sentences_per_second'][key][model]['median']:.1f}" for key in speed_keys]
         lines.append("| " + " | ".join(cells) + " |")
     student = report["ratios"]["student_vs_teacher"]
     speeds = "; ".join(
-        f"student/teacher CPU speed {key.removeprefix('speed_').replace('_', ' ')}: {value:.1f}x"
-        for key, value in student.items() if key.startswith("speed_")
+        f"{speed_key.replace('_', ' ')}: PyTorch student {student[f'speed_{speed_key}']:.1f}x, fastest variant "
+        f"({best}) {report['ratios'][f'{best}_vs_teacher'][f'speed_{speed_key}']:.1f}x"
+        for speed_key, best in report["fastest_student"].items()
     )  # fmt: skip
-    lines += ["", f"Teacher/student parameters: {student['parameters']:.1f}x "
-              f"({student['parameters_without_embeddings']:.1f}x without embedding tables, the paper's count); {speeds}"]
+    lines += ["", f"Teacher/student parameters: {student['parameters_total']:.1f}x "
+              f"({student['parameters_without_embeddings']:.1f}x without embedding tables, the paper's count). "
+              f"CPU speed over the teacher, {speeds}."]
     return "\n".join(lines) + "\n"
 
 

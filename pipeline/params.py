@@ -189,6 +189,22 @@ class EvaluateParams(_Section):
     threads: int = Field(default=2, gt=0)
 
 
+ExportVariant = Literal["int8", "table"]
+
+
+class ExportParams(_Section):
+    """Deployable student: ONNX (always), plus optional variants; checks against the PyTorch student on dev."""
+
+    variants: list[ExportVariant] = Field(default_factory=lambda: ["int8", "table"])
+    opset: int = Field(default=17, ge=14)
+    int8_weight_type: Literal["qint8", "quint8"] = "qint8"
+    int8_per_channel: bool = False
+    int8_ops: list[str] = Field(default_factory=lambda: ["LSTM", "MatMul", "Gemm", "Gather"], min_length=1)
+    parity_tolerance: float = Field(default=1e-4, gt=0)
+    max_int8_drop: float = Field(default=0.5, ge=0)
+    check_batch_size: int = Field(default=64, gt=0)
+
+
 class Params(_Section):
     seed: int = 42
     tasks: list[str] = Field(default_factory=lambda: ["sst2"], min_length=1)
@@ -204,6 +220,7 @@ class Params(_Section):
     baseline: TrainParams = TrainParams(epochs=10, patience=3)
     mkd: MKDParams = MKDParams()
     evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
 
     @model_validator(mode="after")
     def _check_tasks(self) -> Params:

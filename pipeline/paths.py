@@ -13,6 +13,7 @@ MT_TEACHER_DIR = Path("models/mt_teacher")
 STUDENT_DIR = Path("models/student")
 BASELINE_DIR = Path("models/baseline")
 MKD_DIR = Path("models/mkd")
+EXPORT_DIR = Path("models/export")
 METRICS_DIR = Path("metrics")
 TRAINING_LOG_DIR = Path("dvclive")
 PLOTS_DIR = Path("plots")
@@ -79,6 +80,16 @@ def evaluation_metrics(task: str, root: Path = METRICS_DIR) -> Path:
 
 def evaluation_table(task: str, root: Path = METRICS_DIR) -> Path:
     return root / f"{task}.md"
+
+
+def export_dir(task: str, root: Path = EXPORT_DIR) -> Path:
+    """Deployable student of ``task``: ONNX models, tokenizer and config, runnable without this repository."""
+    return root / task
+
+
+def export_metrics(task: str, root: Path = METRICS_DIR) -> Path:
+    """Parity and dev metrics of the exported variants."""
+    return root / "export" / f"{task}.json"
 
 
 COMPARISON_METRICS = METRICS_DIR / "comparison.json"  # scores, averages and speed ratios of every model (dvc metrics)

@@ -15,6 +15,8 @@ import yaml
 from tests.conftest import copy_project, init_project, tiny_params, write_sst2
 
 STAGE_RUN = re.compile(r"Running stage '([^']+)'")
+MKD_STAGES = {f"mkd@{student}" for student in ("biattentive", "transformer", "bilstm")}
+MULTI_TASK_STAGES = {"mt_teacher", *MKD_STAGES, "compare"}
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -53,15 +55,20 @@ def project(tmp_path_factory, tiny_bert_dir) -> Path:
 
 def test_repro_runs_every_stage_and_reports_metrics(project):
     result = dvc("repro", cwd=project)
-    assert stages_run(result) == {"mt_teacher"} | {
+    assert stages_run(result) == MULTI_TASK_STAGES | {
         f"{stage}@sst2"
-        for stage in ("prepare", "teacher", "augment", "score", "mt_score", "student", "baseline", "evaluate")
+        for stage in ("prepare", "teacher", "augment", "score", "mt_score", "student", "baseline", "export", "evaluate")
     }
     report = json.loads((project / "metrics" / "sst2.json").read_text())
-    for model in ("teacher", "student", "baseline"):
+    for model in ("teacher", "student", "baseline", "student-onnx", "student-int8", "student-table"):
         assert 0.0 <= report["quality"]["dev"][model]["accuracy"] <= 1.0
         speed = report["cpu_sentences_per_second"]["batch_1"][model]
         assert 0 < speed["min"] <= speed["median"] <= speed["max"]
+    # the fp32 exports compute the PyTorch student's function (parity is checked by the export stage)
+    assert report["quality"]["dev"]["student-onnx"] == report["quality"]["dev"]["student"]
+    exported = json.loads((project / "metrics" / "export" / "sst2.json").read_text())
+    assert exported["variants"]["onnx"]["max_abs_logit_diff"] <= 1e-4
+    assert (project / "models" / "export" / "sst2" / "model-int8.onnx").is_file()
     assert report["parameters"]["teacher"]["total"] > report["parameters"]["student"]["without_embeddings"]
     assert "| student |" in (project / "metrics" / "sst2.md").read_text()
     manifest = json.loads((project / "data" / "logits" / "single" / "sst2" / "_manifest.json").read_text())
@@ -90,13 +97,15 @@ def test_augment_param_reruns_only_downstream_stages(project):
     status = dvc("status", cwd=project).stdout
     assert "augment@sst2" in status and "teacher@sst2" not in status
     result = dvc("repro", cwd=project)
-    assert stages_run(result) == {"augment@sst2", "score@sst2", "mt_score@sst2", "student@sst2", "evaluate@sst2"}
+    assert stages_run(result) == {
+        "augment@sst2", "score@sst2", "mt_score@sst2", "student@sst2", "export@sst2", "evaluate@sst2"
+    } | MKD_STAGES | {"compare"}
 
 
 def test_student_param_reruns_only_student_and_evaluate(project):
     set_params(project, "student", alpha=0.5)
     result = dvc("repro", cwd=project)
-    assert stages_run(result) == {"student@sst2", "evaluate@sst2"}
+    assert stages_run(result) == {"student@sst2", "export@sst2", "evaluate@sst2", "compare"}
     assert "up to date" in dvc("status", cwd=project).stdout
 
 
@@ -105,7 +114,10 @@ def test_evaluate_accepts_any_glue_tsv(project, tmp_path):
     result = run([sys.executable, "-m", "pipeline", "evaluate", "--task", "sst2", "--data", str(held_out),
                   "--out", str(tmp_path / "held.json")], project)
     report = json.loads((tmp_path / "held.json").read_text())
-    assert set(report["quality"]) == {"dev"} and set(report["quality"]["dev"]) == {"teacher", "student", "baseline"}
+    assert set(report["quality"]) == {"dev"}
+    assert set(report["quality"]["dev"]) == {
+        "teacher", "student", "baseline", "student-onnx", "student-int8", "student-table"
+    }
     assert "| teacher |" in result.stdout
 
 
@@ -142,6 +154,6 @@ def test_dvc_exp_run_set_param(project):
     run(["git", "add", "-A"], project)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "baseline run"], project)
     result = dvc("exp", "run", "-S", "student.epochs=1", cwd=project)
-    assert stages_run(result) == {"student@sst2", "evaluate@sst2"}
+    assert stages_run(result) == {"student@sst2", "export@sst2", "evaluate@sst2", "compare"}
     shown = dvc("exp", "show", "--no-pager", "--csv", cwd=project).stdout
     assert "student.epochs" in shown

@@ -15,8 +15,8 @@ from tests.conftest import copy_project, init_project, tiny_params
 from tests.glue_fixtures import write_glue
 from tests.test_pipeline_e2e import dvc, stages_run
 
-STAGES = ("prepare", "teacher", "augment", "score", "mt_score", "student", "baseline", "evaluate")
-MODELS = ("teacher", "student", "baseline")
+STAGES = ("prepare", "teacher", "augment", "score", "mt_score", "student", "baseline", "export", "evaluate")
+MODELS = ("teacher", "student", "baseline", "student-onnx", "student-int8", "student-table")
 FIRST_TASKS = ["sst2", "qqp", "stsb"]
 MKD_STUDENTS = ("biattentive", "transformer", "bilstm")
 MULTI_TASK_STAGES = {"mt_teacher", *(f"mkd@{student}" for student in MKD_STUDENTS), "compare"}

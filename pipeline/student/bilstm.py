@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pipeline.params import BiLSTMParams, Params
 from pipeline.student.base import Batch, StudentModel, padding_mask
 from pipeline.student.encoding import StudentEncoder, build_encoder
-from pipeline.student.layers import PaddedBiLSTM
+from pipeline.student.layers import PaddedBiLSTM, stack_right_padded
 from pipeline.tasks import Task
 
 
@@ -83,8 +82,6 @@ class BiLSTMStudent(StudentModel):
         if not self.tasks[task].is_pair:
             return head(self.encode(batch["a"], batch["a_lengths"]))
         # One LSTM pass over both sides: pad to a common width and stack along the batch.
-        ids_a, ids_b = batch["a"], batch["b"]
-        width = max(ids_a.shape[1], ids_b.shape[1])
-        ids = torch.cat([F.pad(ids_a, (0, width - ids_a.shape[1])), F.pad(ids_b, (0, width - ids_b.shape[1]))])
+        ids = stack_right_padded(batch["a"], batch["b"])
         h1, h2 = self.encode(ids, torch.cat([batch["a_lengths"], batch["b_lengths"]])).chunk(2)
         return head(torch.cat([h1, h2, h1 * h2, (h1 - h2).abs()], dim=-1))

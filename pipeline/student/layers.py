@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -13,6 +14,17 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     reversed_positions = lengths.to(x.device, torch.long)[:, None] - 1 - positions
     index = torch.where(reversed_positions >= 0, reversed_positions, positions)
     return x.gather(1, index.view(batch, width, *([1] * (x.dim() - 2))).expand_as(x))
+
+
+def stack_right_padded(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Rows of ``first`` ``[batch, Ta]`` then of ``second`` ``[batch, Tb]``, right-padded with 0 to ``max(Ta, Tb)``.
+
+    The width is ``(Ta + Tb + |Ta - Tb|) // 2`` rather than Python's ``max``, which an ONNX trace would freeze to the
+    branch taken at export time; written this way the exported graph keeps it dynamic.
+    """
+    width_first, width_second = first.shape[1], second.shape[1]
+    width = (width_first + width_second + abs(width_first - width_second)) // 2
+    return torch.cat([F.pad(first, (0, width - width_first)), F.pad(second, (0, width - width_second))])
 
 
 class PaddedBiLSTM(nn.Module):

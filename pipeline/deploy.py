@@ -1,0 +1,122 @@
+"""Run an exported student folder with onnxruntime and tokenizers only (no torch, no other module of this package).
+
+The folder written by the export stage holds ``config.json`` (task, label names, tokenizer settings, input names,
+one ONNX file per variant), ``tokenizer.json`` and the ONNX files. This module is the reference reader of that
+layout; it imports nothing from the rest of the repository so that it documents what a deployment needs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+CONFIG_FILE = "config.json"
+FORMAT_NAME = "distillery-student-onnx"
+FORMAT_VERSION = 1
+LOGITS_OUTPUT = "logits"
+LENGTHS_SUFFIX = "_lengths"
+DEFAULT_VARIANT = "onnx"
+
+
+def read_config(folder: Path | str) -> dict[str, Any]:
+    """The ``config.json`` of an exported student folder, checked for its format."""
+    path = Path(folder) / CONFIG_FILE
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("format") != FORMAT_NAME or config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: not a {FORMAT_NAME} v{FORMAT_VERSION} config")
+    return config
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    """Sequential execution with ``threads`` intra-op threads (None: onnxruntime's default)."""
+    options = ort.SessionOptions()
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return options
+
+
+class ExportedStudent:
+    """One variant (``onnx``, ``int8``, ``table``, ...) of an exported student, with its tokenizer."""
+
+    def __init__(self, folder: Path | str, variant: str = DEFAULT_VARIANT, threads: int | None = None) -> None:
+        self.folder = Path(folder)
+        self.config = read_config(self.folder)
+        models = self.config["models"]
+        if variant not in models:
+            raise ValueError(f"{self.folder}: no variant {variant!r}; exported: {', '.join(models)}")
+        self.variant = variant
+        self.tokenizer = Tokenizer.from_file(str(self.folder / self.config["tokenizer"]))
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.session = ort.InferenceSession(
+            str(self.folder / models[variant]), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        self.inputs: list[str] = self.config["inputs"]
+        self.max_length: int = self.config["max_length"]
+        self.pad_id: int = self.config["pad_id"]
+        self.unk_id: int = self.config["unk_id"]
+        self.replacements: dict[str, str] = self.config["replace"]
+
+    @property
+    def labels(self) -> list[str] | None:
+        """Class names in logit order; None for a regression task (one output, the score)."""
+        return self.config["labels"]
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Untruncated token ids per text (an empty result becomes the unknown token, as in training)."""
+        texts = [self._normalise(text) for text in texts]
+        if len(texts) == 1:  # a single text: skip the batch machinery (cheaper at batch size 1)
+            encodings = [self.tokenizer.encode(texts[0], add_special_tokens=False)]
+        else:
+            encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+        return [encoding.ids or [self.unk_id] for encoding in encodings]
+
+    def _normalise(self, text: str) -> str:
+        for old, new in self.replacements.items():
+            text = text.replace(old, new)
+        return text
+
+    def logits_from_ids(self, ids: Sequence[Sequence[Sequence[int]]], batch_size: int) -> np.ndarray:
+        """Logits ``[n, outputs]`` for token ids given per input (``ids[k][row]``), truncated to ``max_length``.
+
+        Rows are batched by length (longest first) and right-padded; the result is in input order.
+        """
+        if len(ids) != len(self.inputs):
+            raise ValueError(f"expected {len(self.inputs)} token lists per row ({', '.join(self.inputs)}), got {len(ids)}")
+        rows = len(ids[0])
+        lengths = np.array([[min(len(row), self.max_length) for row in column] for column in ids], dtype=np.int64)
+        order = np.argsort(-lengths.max(axis=0), kind="stable")
+        out: np.ndarray | None = None
+        for start in range(0, rows, batch_size):
+            batch = order[start : start + batch_size]
+            feed = {}
+            for name, column, column_lengths in zip(self.inputs, ids, lengths, strict=True):
+                batch_lengths = column_lengths[batch]
+                padded = np.full((len(batch), int(batch_lengths.max())), self.pad_id, dtype=np.int64)
+                for i, row in enumerate(batch):
+                    padded[i, : batch_lengths[i]] = column[row][: self.max_length]
+                feed[name], feed[name + LENGTHS_SUFFIX] = padded, batch_lengths
+            logits = self.session.run([LOGITS_OUTPUT], feed)[0]
+            if out is None:
+                out = np.empty((rows, logits.shape[1]), dtype=np.float32)
+            out[batch] = logits
+        return out if out is not None else np.empty((0, max(len(self.labels or []), 1)), dtype=np.float32)
+
+    def logits(self, text_a: Sequence[str], text_b: Sequence[str] | None = None, batch_size: int = 256) -> np.ndarray:
+        """Logits for raw texts (a second list for sentence-pair tasks), tokenisation included."""
+        texts = [text_a] if text_b is None else [text_a, text_b]
+        return self.logits_from_ids([self.token_ids(column) for column in texts], batch_size)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax (class probabilities)."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
