@@ -16,7 +16,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from pipeline import paths
-from pipeline.evaluate import measure_throughputs
+from pipeline.evaluate import measure_throughput
 from pipeline.student.architectures import load_student
 from pipeline.student.train import predict
 from pipeline.tasks import get_task

@@ -229,6 +229,28 @@ def export(
                        f"{entry['max_abs_logit_diff']:.2g}, dev {entry['dev']}")
 
 
+@app.command("export-mkd")
+def export_mkd(
+    student: Annotated[str, typer.Option("--student", "-s", help="MKD architecture: biattentive, transformer, bilstm")],
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+) -> None:
+    """Export the MKD students of one architecture, one deployable folder per task (as ``export``)."""
+    from pipeline.evaluate import dev_splits
+    from pipeline.export import ExportError, export_mkd_students
+
+    with _user_errors():
+        hp = load_params(params)
+        tasks = [get_task(name) for name in hp.tasks]
+        try:
+            export_mkd_students(
+                tasks, hp.export, paths.mkd_dir(student), paths.mkd_export_dir(student),
+                {task.name: dev_splits(task) for task in tasks}, paths.mkd_export_metrics(student),
+            )  # fmt: skip
+        except ExportError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+
 @app.command()
 def predict(
     task: TaskOption,

@@ -22,6 +22,8 @@ FORMAT_VERSION = 1
 LOGITS_OUTPUT = "logits"
 LENGTHS_SUFFIX = "_lengths"
 DEFAULT_VARIANT = "onnx"
+JOINT_ENCODING = "joint"  # config "encoding": one sequence with special tokens and segment ids (Transformer students)
+SEPARATE_ENCODING = "separate"  # one token list per text, without special tokens (LSTM students)
 
 
 def read_config(folder: Path | str) -> dict[str, Any]:
@@ -61,9 +63,12 @@ class ExportedStudent:
         )
         self.inputs: list[str] = self.config["inputs"]
         self.max_length: int = self.config["max_length"]
-        self.pad_id: int = self.config["pad_id"]
+        self.pad_ids: dict[str, int] = self.config["pad_ids"]
         self.unk_id: int = self.config["unk_id"]
         self.replacements: dict[str, str] = self.config["replace"]
+        self.session_inputs = {node.name for node in self.session.get_inputs()}  # a graph may not read every length
+        # "separate": one token list per text (inputs a, b); "joint": "[CLS] a [SEP] b [SEP]" (inputs ids, type_ids)
+        self.joint = self.config["encoding"] == JOINT_ENCODING
 
     @property
     def labels(self) -> list[str] | None:
@@ -78,6 +83,25 @@ class ExportedStudent:
         else:
             encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
         return [encoding.ids or [self.unk_id] for encoding in encodings]
+
+    def encode(self, text_a: Sequence[str], text_b: Sequence[str] | None, truncate: bool = True) -> list[list[list[int]]]:
+        """Token ids per model input (``ids[k][row]``): a list per text, or for a joint encoding the ids of
+        ``[CLS] a [SEP] (b [SEP])`` and their segment ids (truncated longest-first to ``max_length``)."""
+        if not self.joint:
+            return [self.token_ids(column) for column in ([text_a] if text_b is None else [text_a, text_b])]
+        texts = [self._normalise(text) for text in text_a]
+        pairs = texts if text_b is None else list(zip(texts, [self._normalise(text) for text in text_b], strict=True))
+        if truncate:
+            self.tokenizer.enable_truncation(self.max_length, strategy="longest_first")
+        try:
+            encodings = self.tokenizer.encode_batch(pairs, add_special_tokens=True)
+        finally:
+            self.tokenizer.no_truncation()
+        return [[encoding.ids for encoding in encodings], [encoding.type_ids for encoding in encodings]]
+
+    def token_counts(self, text_a: Sequence[str], text_b: Sequence[str] | None) -> np.ndarray:
+        """Untruncated tokens per row: of the longer text, or of the joint sequence."""
+        return np.max([[len(ids) for ids in column] for column in self.encode(text_a, text_b, truncate=False)], axis=0)
 
     def _normalise(self, text: str) -> str:
         for old, new in self.replacements.items():
@@ -100,11 +124,11 @@ class ExportedStudent:
             feed = {}
             for name, column, column_lengths in zip(self.inputs, ids, lengths, strict=True):
                 batch_lengths = column_lengths[batch]
-                padded = np.full((len(batch), int(batch_lengths.max())), self.pad_id, dtype=np.int64)
+                padded = np.full((len(batch), int(batch_lengths.max())), self.pad_ids[name], dtype=np.int64)
                 for i, row in enumerate(batch):
                     padded[i, : batch_lengths[i]] = column[row][: self.max_length]
                 feed[name], feed[name + LENGTHS_SUFFIX] = padded, batch_lengths
-            logits = self.session.run([LOGITS_OUTPUT], feed)[0]
+            logits = self.session.run([LOGITS_OUTPUT], {k: v for k, v in feed.items() if k in self.session_inputs})[0]
             if out is None:
                 out = np.empty((rows, logits.shape[1]), dtype=np.float32)
             out[batch] = logits
@@ -112,8 +136,7 @@ class ExportedStudent:
 
     def logits(self, text_a: Sequence[str], text_b: Sequence[str] | None = None, batch_size: int = 256) -> np.ndarray:
         """Logits for raw texts (a second list for sentence-pair tasks), tokenisation included."""
-        texts = [text_a] if text_b is None else [text_a, text_b]
-        return self.logits_from_ids([self.token_ids(column) for column in texts], batch_size)
+        return self.logits_from_ids(self.encode(text_a, text_b), batch_size)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -117,13 +117,16 @@ def single_task_models(task: Task, params: Params) -> dict[str, ModelSource]:
 
 
 def multi_task_models(task: Task, params: Params) -> dict[str, ModelSource]:
-    """The multi-task teacher's ``task`` model and each MKD student: jointly distilled, and as kept per task."""
+    """The multi-task teacher's ``task`` model and each MKD student: jointly distilled, as kept per task, and that
+    model's exported variants (``mkd_<architecture>-onnx``, ``-int8``, ...)."""
     models = {"mt_teacher": teacher_source(paths.mt_teacher_dir(task.name), params)}
     for architecture in params.mkd.students:
         root = paths.mkd_dir(architecture)
         models[f"mkd_{architecture}_joint"] = student_source(root / "multitask", task)
         if params.mkd.finetune_epochs:
             models[f"mkd_{architecture}"] = student_source(root / task.name, task)
+        exported = paths.mkd_export_dir(architecture) / task.name
+        models |= exported_sources(exported, params.evaluate.threads, prefix=f"mkd_{architecture}-")
     return models
 
 

@@ -47,6 +47,7 @@ from pipeline.student.encoding import (
     WordPieceEncoder,
 )
 from pipeline.student.train import predict
+from pipeline.student.transformer import TransformerEncoder
 from pipeline.tasks import Task
 from pipeline.teacher import table_texts
 
@@ -63,6 +64,7 @@ FP32_VARIANT = deploy.DEFAULT_VARIANT
 INT8_VARIANT = "int8"
 MODEL_FILES = {FP32_VARIANT: "model.onnx", INT8_VARIANT: "model-int8.onnx"}
 TOKENIZER_FILE = "tokenizer.json"
+JOINT_MODEL_DIR = "multitask"  # the jointly distilled MKD student (pipeline.mkd.JOINT_MODEL)
 # Sample texts traced by the exporter: two rows of different lengths, so padding is part of the trace.
 TRACE_TEXTS = ("a short one", "a somewhat longer sentence to trace with padding")
 WEIGHT_TYPES = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}
@@ -124,7 +126,7 @@ def quantize_int8(source: Path, target: Path, params: ExportParams) -> None:
 
 def standalone_tokenizer(encoder: StudentEncoder) -> tuple[Tokenizer, dict[str, str]]:
     """A ``tokenizers`` Tokenizer reproducing ``encoder`` (without truncation) and the text replacements before it."""
-    if isinstance(encoder, WordPieceEncoder):
+    if isinstance(encoder, WordPieceEncoder | TransformerEncoder):  # the teacher's tokenizer (with its [CLS]/[SEP] template)
         tokenizer = Tokenizer.from_str(encoder.tokenizer.backend_tokenizer.to_str())
         replace = {MASK_TOKEN: encoder.tokenizer.unk_token}
     elif isinstance(encoder, WordEncoder):  # pipeline.student.encoding.tokenize_words, then the word vocabulary
@@ -137,6 +139,11 @@ def standalone_tokenizer(encoder: StudentEncoder) -> tuple[Tokenizer, dict[str, 
     tokenizer.no_truncation()
     tokenizer.no_padding()
     return tokenizer, replace
+
+
+def encoded_pad_ids(encoder: StudentEncoder) -> dict[str, int]:
+    """The padding id of each of the encoder's token arrays (e.g. ``a`` and ``b``, or ``ids`` and ``type_ids``)."""
+    return encoder.encode_inputs(["x"], ["x"]).pad_ids
 
 
 def export_config(
@@ -152,7 +159,8 @@ def export_config(
         "labels": list(task.labels) if task.labels is not None else None,
         "tokenizer": TOKENIZER_FILE,
         "max_length": encoder.max_length,
-        "pad_id": encoder.pad_id,
+        "encoding": deploy.JOINT_ENCODING if isinstance(encoder, TransformerEncoder) else deploy.SEPARATE_ENCODING,
+        "pad_ids": encoded_pad_ids(encoder),
         "unk_id": encoder.unk_id,
         "replace": replace,
         "inputs": arrays,
@@ -232,11 +240,12 @@ def int8_drop(task: Task, report: dict[str, Any], max_drop: float) -> dict[str, 
 
 
 def export_student(
-    task: Task, params: ExportParams, model_dir: Path, out_dir: Path, splits: dict[str, pa.Table], metrics_path: Path
-) -> dict[str, Any]:
+    task: Task, params: ExportParams, model_dir: Path, out_dir: Path, splits: dict[str, pa.Table],
+    metrics_path: Path | None,
+) -> dict[str, Any]:  # fmt: skip
     """Export ``task`` of the student saved in ``model_dir`` (any architecture) to ``out_dir``; check it on ``splits``.
 
-    Writes the folder atomically and the check report to ``metrics_path``; returns the report.
+    Writes the folder atomically and the check report to ``metrics_path`` (if given); returns the report.
     """
     model, encoder = load_student(model_dir, torch.device("cpu"))
     if task.name not in model.tasks:
@@ -248,5 +257,21 @@ def export_student(
     with atomic_dir(out_dir) as folder:
         write_export(model, encoder, task, folder, params, source)
         report = {"task": task.name, **source, **check_variants(model, encoder, task, folder, splits, params)}
-    write_json(report, metrics_path)
+    if metrics_path is not None:
+        write_json(report, metrics_path)
     return report
+
+
+def export_mkd_students(
+    tasks: Sequence[Task], params: ExportParams, mkd_dir: Path, out_dir: Path, splits: dict[str, dict[str, pa.Table]],
+    metrics_path: Path,
+) -> dict[str, Any]:  # fmt: skip
+    """Export one MKD architecture for every task: its fine-tuned model (``mkd_dir/<task>``) where there is one,
+    else the jointly distilled model (``mkd_dir/multitask``), to ``out_dir/<task>``; one check report per task."""
+    reports = {}
+    with atomic_dir(out_dir) as folder:
+        for task in tasks:
+            model_dir = mkd_dir / task.name if (mkd_dir / task.name).is_dir() else mkd_dir / JOINT_MODEL_DIR
+            reports[task.name] = export_student(task, params, model_dir, folder / task.name, splits[task.name], None)
+    write_json(reports, metrics_path)
+    return reports

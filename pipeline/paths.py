@@ -87,6 +87,16 @@ def export_dir(task: str, root: Path = EXPORT_DIR) -> Path:
     return root / task
 
 
+def mkd_export_dir(architecture: str, root: Path = EXPORT_DIR) -> Path:
+    """Deployable MKD students of one architecture, one folder per task (as ``export_dir``)."""
+    return root / "mkd" / architecture
+
+
+def mkd_export_metrics(architecture: str, root: Path = METRICS_DIR) -> Path:
+    """Parity and dev metrics of the exported MKD students of one architecture, per task."""
+    return root / "export" / "mkd" / f"{architecture}.json"
+
+
 def export_metrics(task: str, root: Path = METRICS_DIR) -> Path:
     """Parity and dev metrics of the exported variants."""
     return root / "export" / f"{task}.json"

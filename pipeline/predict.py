@@ -63,11 +63,7 @@ def exported_model(folder: Path, variant: str, threads: int | None) -> LoadedMod
     """An exported variant run by onnxruntime (``pipeline.deploy``)."""
     runner = deploy.ExportedStudent(folder, variant, threads)
 
-    def token_counts(text_a: Sequence[str], text_b: Sequence[str] | None) -> np.ndarray:
-        columns = [text_a] if text_b is None else [text_a, text_b]
-        return np.max([[len(ids) for ids in runner.token_ids(column)] for column in columns], axis=0)
-
-    return LoadedModel(EXPORTED_PREFIX + variant, runner.logits, token_counts, runner.max_length)
+    return LoadedModel(EXPORTED_PREFIX + variant, runner.logits, runner.token_counts, runner.max_length)
 
 
 def pytorch_student(name: str, model_dir: Path, task: Task) -> LoadedModel:

@@ -217,3 +217,31 @@ def test_export_student_from_a_saved_multitask_folder(tmp_path, tiny_bert_dir):
     with pytest.raises(ExportError, match="no head for task qqp"):
         export_student(get_task("qqp"), ExportParams(), model_dir, tmp_path / "x", {"dev": dev}, tmp_path / "x.json")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("architecture", ["biattentive", "transformer"])
+@pytest.mark.parametrize("task_name", ["sst2", "mrpc"])
+def test_mkd_architectures_export_with_parity(tmp_path, tiny_bert_dir, architecture, task_name):
+    """The MKD students export too: the bi-attentive LSTM (separate token lists) and the Transformer (one joint
+    "[CLS] a [SEP] b [SEP]" sequence with segment ids, truncated longest-first like the PyTorch encoder)."""
+    from pipeline.student.architectures import get_architecture
+
+    params = Params.model_validate({
+        "biattentive": {"feedforward_size": 8, "encoder_size": 4, "integrator_size": 4, "output_sizes": [8],
+                        "max_length": 16},
+        "transformer": {"layers": 1, "max_length": 12},
+    })  # fmt: skip
+    torch.manual_seed(0)
+    model, encoder = get_architecture(architecture).build(params, [get_task(task_name)], tiny_bert_dir, texts(50, 1), 0)
+    model.eval()
+    folder = exported(tmp_path, model, encoder, task_name)
+    config = deploy.read_config(folder)
+    assert config["encoding"] == ("joint" if architecture == "transformer" else "separate")
+    text_a = texts(25, 2)
+    text_b = list(reversed(texts(25, 3))) if get_task(task_name).is_pair else None
+    reference = predict(model, encoder, task_name, text_a, text_b, batch_size=5)
+    runner = deploy.ExportedStudent(folder, "onnx")
+    for batch_size in (1, 5, 64):
+        np.testing.assert_allclose(runner.logits(text_a, text_b, batch_size), reference, atol=PARITY, rtol=0)
+    counts = runner.token_counts(text_a, text_b)
+    assert counts.shape == (len(text_a),) and (counts > config["max_length"]).any()  # some inputs need truncating

@@ -28,13 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pipeline.params import BiattentiveParams, Params
 from pipeline.student.base import Batch, StudentModel, padding_mask
 from pipeline.student.encoding import StudentEncoder, build_encoder
-from pipeline.student.layers import MultichannelEmbedding, PaddedBiLSTM
+from pipeline.student.layers import MultichannelEmbedding, PaddedBiLSTM, stack_right_padded
 from pipeline.tasks import Task
 
 # Pooled views of the integrated sequence: max, min, mean, self-attentive.
@@ -124,8 +123,7 @@ class BiattentiveStudent(StudentModel):
         """Integrator states, lengths, mask and attention weights; a pair's sides are stacked on the batch (a first)."""
         if self.tasks[task].is_pair:
             ids_a, ids_b = batch["a"], batch["b"]
-            width = max(ids_a.shape[1], ids_b.shape[1])
-            ids = torch.cat([F.pad(ids_a, (0, width - ids_a.shape[1])), F.pad(ids_b, (0, width - ids_b.shape[1]))])
+            ids = stack_right_padded(ids_a, ids_b)
             lengths = torch.cat([batch["a_lengths"], batch["b_lengths"]])
             encoded, mask = self._encode(ids, lengths)
             encoded_a, encoded_b = encoded.chunk(2)
