@@ -20,7 +20,7 @@ import pyarrow as pa
 from pipeline import paths
 from pipeline.device import pick_device, seed_everything
 from pipeline.io import atomic_dir
-from pipeline.params import Params, TrainParams
+from pipeline.params import MKDStudentTraining, Params
 from pipeline.student.architectures import get_architecture, save_student
 from pipeline.student.base import StudentModel
 from pipeline.student.encoding import StudentEncoder
@@ -63,13 +63,16 @@ def run_mkd(
     train_params = getattr(params.mkd.training, architecture)
     tasks = [get_task(name) for name in params.tasks]
     seed_everything(params.seed)
+    budget = min(
+        (limit for limit in (params.mkd.max_originals_per_task, train_params.max_originals_per_task) if limit),
+        default=None,
+    )
     tables = {
         task.name: subset_originals(
-            read_shards(task, paths.shard_dir(task.name, params.mkd.teacher, logits_root)),
-            params.mkd.max_originals_per_task, params.seed,
+            read_shards(task, paths.shard_dir(task.name, params.mkd.teacher, logits_root)), budget, params.seed
         )
         for task in tasks
-    }  # fmt: skip
+    }
     texts = itertools.chain.from_iterable(all_texts(task, tables[task.name]) for task in tasks)
     init_dir = (
         paths.mt_teacher_dir(tasks[0].name, mt_teacher_root) if params.mkd.init_from == "mt_teacher"
@@ -89,7 +92,7 @@ def run_mkd(
 
 
 def _distil_and_fine_tune(
-    architecture: str, params: Params, train_params: TrainParams, model: StudentModel, encoder: StudentEncoder,
+    architecture: str, params: Params, train_params: MKDStudentTraining, model: StudentModel, encoder: StudentEncoder,
     data: dict[str, TaskData], rows: dict[str, int], out_dir: Path, log_dir: Path, finetune_log_dir: Path,
 ) -> dict[str, Any]:  # fmt: skip
     tasks = [d.task for d in data.values()]

@@ -153,12 +153,20 @@ class StudentParams(TrainParams):
     alpha: float = Field(default=0.0, ge=0, le=1)
 
 
+class MKDStudentTraining(TrainParams):
+    """Joint distillation of one MKD architecture: training settings and an optional smaller data budget."""
+
+    max_originals_per_task: int | None = Field(default=None, gt=0)  # within mkd.max_originals_per_task (nested)
+
+
 class MKDTrainingParams(_Section):
     """Joint-distillation training of each MKD student architecture."""
 
-    bilstm: TrainParams = TrainParams()
-    biattentive: TrainParams = TrainParams(optimizer="adam", learning_rate=1e-3, batch_size=64, batch_size_pair=64)
-    transformer: TrainParams = TrainParams(
+    bilstm: MKDStudentTraining = MKDStudentTraining()
+    biattentive: MKDStudentTraining = MKDStudentTraining(
+        optimizer="adam", learning_rate=1e-3, batch_size=64, batch_size_pair=64
+    )
+    transformer: MKDStudentTraining = MKDStudentTraining(
         optimizer="adamw", learning_rate=1e-4, batch_size=32, batch_size_pair=32, weight_decay=0.01,
         schedule="linear", warmup_ratio=0.1, epochs=2,
     )  # fmt: skip

@@ -72,6 +72,7 @@ def glue_dir(tmp_path: Path) -> Path:
 def tiny_params(glue_dir: Path, teacher_checkpoint: Path, **sections: dict) -> dict:
     """params.yaml content for fast end-to-end runs on tiny data (repo defaults, shrunk)."""
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["tasks"] = ["sst2"]
     params["data"]["glue_dir"] = str(glue_dir)
     params["teacher"].update(checkpoint=str(teacher_checkpoint), epochs=2, batch_size=16, learning_rate=1e-3, max_length=32)
     params["augment"].update(n_iter_single=3, n_iter_pair=2)

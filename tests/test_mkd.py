@@ -67,6 +67,8 @@ def test_subset_originals_keeps_whole_groups() -> None:
     assert subset.equals(subset_originals(table, 10, seed=3))
     assert set(sources) != set(subset_originals(table, 10, seed=4).column("source_id").to_pylist())
     assert subset_originals(table, None, seed=3) is table and subset_originals(table, 50, seed=3) is table
+    smaller = set(subset_originals(table, 4, seed=3).column("source_id").to_pylist())
+    assert len(smaller) == 4 and smaller < set(sources)  # budgets of one seed are nested
 
 
 @pytest.fixture()
