@@ -8,6 +8,7 @@ task keeps the fine-tuned model only if it beats the joint model on that task's 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
@@ -19,22 +20,25 @@ import pyarrow as pa
 
 from pipeline import paths
 from pipeline.device import pick_device, seed_everything
+from pipeline.distributed import Processes, processes
 from pipeline.io import atomic_dir
 from pipeline.params import MKDStudentTraining, Params
+from pipeline.shards import load_shards
 from pipeline.student.architectures import get_architecture, save_student
 from pipeline.student.base import StudentModel
 from pipeline.student.encoding import StudentEncoder
-from pipeline.subsets import subset_originals
 from pipeline.student.train import (
     TaskData,
     all_texts,
     build_task_data,
+    check_distributable,
     distillation_loss_fn,
     distillation_targets,
     fit,
     read_shards,
     training_summary,
 )
+from pipeline.subsets import filter_originals, kept_originals
 from pipeline.tasks import Task, get_task
 from pipeline.teacher import resolve_checkpoint
 from pipeline.tracking import training_log
@@ -56,21 +60,21 @@ def run_mkd(
     """Distil every task in ``params.tasks`` into one ``architecture`` student, then fine-tune per task; save all.
 
     Training curves go to ``log_dir`` (joint distillation) and ``finetune_log_dir/<task>``. Students start from
-    ``mkd.init_from``: the multi-task teacher (any task's folder under ``mt_teacher_root``:
-    they share the encoder) or ``teacher.checkpoint``. Writes ``out_dir/multitask`` (the joint student, all heads) and, with ``mkd.finetune_epochs > 0``,
-    ``out_dir/<task>`` (one head each). Returns a summary with every model's best dev metrics.
+    ``mkd.init_from``: the multi-task teacher (any task's folder under ``mt_teacher_root``: they share the encoder)
+    or ``teacher.checkpoint``. Writes ``out_dir/multitask`` (the joint student, all heads) and, with
+    ``mkd.finetune_epochs > 0``, ``out_dir/<task>`` (one head each). Returns a summary with every model's best dev
+    metrics. Under ``torchrun`` / ``accelerate launch`` every process trains on its part of the shards (DDP).
     """
     train_params = getattr(params.mkd.training, architecture)
     tasks = [get_task(name) for name in params.tasks]
+    part = processes(pick_device())
     seed_everything(params.seed)
     budget = min(
         (limit for limit in (params.mkd.max_originals_per_task, train_params.max_originals_per_task) if limit),
         default=None,
     )
     tables = {
-        task.name: subset_originals(
-            read_shards(task, paths.shard_dir(task.name, params.mkd.teacher, logits_root)), budget, params.seed
-        )
+        task.name: budgeted_rows(task, paths.shard_dir(task.name, params.mkd.teacher, logits_root), budget, params.seed, part)
         for task in tasks
     }
     texts = itertools.chain.from_iterable(all_texts(task, tables[task.name]) for task in tasks)
@@ -79,40 +83,51 @@ def run_mkd(
         else Path(resolve_checkpoint(params.teacher.checkpoint))
     )  # fmt: skip
     model, encoder = get_architecture(architecture).build(params, tasks, init_dir, texts, params.seed)
-    model.to(pick_device())
+    check_distributable(encoder, part)
+    model.to(part.device)
     data = {task.name: _task_data(task, params, encoder, tables[task.name], prepared_dir) for task in tasks}
     rows = {name: table.num_rows for name, table in tables.items()}
     log.info("mkd %s: transfer rows per task %s; training %s", architecture, rows, train_params)
     shutil.rmtree(finetune_log_dir, ignore_errors=True)
-    with atomic_dir(out_dir) as tmp_out:
+    with atomic_dir(out_dir) if part.is_main else contextlib.nullcontext(out_dir) as tmp_out:
         summary = _distil_and_fine_tune(
-            architecture, params, train_params, model, encoder, data, rows, tmp_out, log_dir, finetune_log_dir
+            architecture, params, train_params, model, encoder, data, rows, tmp_out, log_dir, finetune_log_dir, part
         )
     return summary
+
+
+def budgeted_rows(task: Task, shard_dir: Path, budget: int | None, seed: int, part: Processes) -> pa.Table:
+    """This process's shard rows of the ``budget`` originals (``pipeline.subsets``), chosen among all the shards'
+    originals so every process of a data-parallel run keeps the same ones."""
+    all_sources = load_shards(shard_dir, columns=["source_id"], verify=False).column("source_id").to_numpy()
+    return filter_originals(read_shards(task, shard_dir, part), kept_originals(all_sources, budget, seed))
 
 
 def _distil_and_fine_tune(
     architecture: str, params: Params, train_params: MKDStudentTraining, model: StudentModel, encoder: StudentEncoder,
     data: dict[str, TaskData], rows: dict[str, int], out_dir: Path, log_dir: Path, finetune_log_dir: Path,
+    part: Processes,
 ) -> dict[str, Any]:  # fmt: skip
+    """Joint distillation, then per-task fine-tuning; only the main process logs and saves."""
     tasks = [d.task for d in data.values()]
-    with training_log(log_dir) as tracker:
+    with training_log(log_dir, enabled=part.is_main) as tracker:
         joint = fit(
             model, data, train_params, params.seed, tracker, params.mkd.sampling, params.mkd.temperature,
-            desc=f"mkd {architecture}",
+            desc=f"mkd {architecture}", part=part,
         )  # fmt: skip
     summary: dict[str, Any] = {JOINT_MODEL: training_summary(model, joint, rows)}
-    save_student(model, encoder, out_dir / JOINT_MODEL, summary[JOINT_MODEL])
+    if part.is_main:
+        save_student(model, encoder, out_dir / JOINT_MODEL, summary[JOINT_MODEL])
 
     if params.mkd.finetune_epochs:
         finetune_params = train_params.model_copy(update={"epochs": params.mkd.finetune_epochs})
         for task in tasks:
             tuned = copy.deepcopy(model)
             tuned.keep_tasks([task.name])
-            with training_log(finetune_log_dir / task.name) as tracker:
+            with training_log(finetune_log_dir / task.name, enabled=part.is_main) as tracker:
                 result = fit(
                     tuned, {task.name: data[task.name]}, finetune_params, params.seed, tracker,
-                    desc=f"mkd {architecture} fine-tune {task.name}",
+                    desc=f"mkd {architecture} fine-tune {task.name}", part=part,
                 )  # fmt: skip
             primary = task.primary_metric
             improved = result.best_metrics[task.name][primary] > joint.best_metrics[task.name][primary]
@@ -126,5 +141,6 @@ def _distil_and_fine_tune(
             }
             log.info("mkd %s %s: %s", architecture, task.name, "fine-tuned" if improved else "joint model kept")
             summary[task.name] = task_summary
-            save_student(tuned, encoder, out_dir / task.name, task_summary)
+            if part.is_main:
+                save_student(tuned, encoder, out_dir / task.name, task_summary)
     return summary

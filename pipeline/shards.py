@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,8 @@ def task_manifest(task: Task, shard_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_shards(shard_dir: Path) -> list[str]:
-    """Problems found comparing shard files with the manifest (empty list = all good)."""
+def verify_shards(shard_dir: Path, files: Sequence[str] | None = None) -> list[str]:
+    """Problems found comparing shard files (all, or the named ``files``) with the manifest (empty list = all good)."""
     manifest = read_manifest(shard_dir)
     problems = []
     listed = {entry["file"] for entry in manifest["shards"]}
@@ -51,6 +52,8 @@ def verify_shards(shard_dir: Path) -> list[str]:
         if path.name not in listed:
             problems.append(f"{path}: not listed in the manifest")
     for entry in manifest["shards"]:
+        if files is not None and entry["file"] not in files:
+            continue
         path = shard_dir / entry["file"]
         if not path.is_file():
             problems.append(f"{path}: missing")
@@ -59,21 +62,31 @@ def verify_shards(shard_dir: Path) -> list[str]:
     return problems
 
 
-def load_shards(shard_dir: Path, columns: list[str] | None = None, verify: bool = True) -> pa.Table:
-    """All shards of a task as one table, in row order; by default checked against the manifest first."""
+def load_shards(
+    shard_dir: Path, columns: list[str] | None = None, verify: bool = True, files: Sequence[str] | None = None
+) -> pa.Table:
+    """All shards of a task (or only the named ``files``) as one table, in row order; by default checked against
+    the manifest first."""
     if verify:
-        problems = verify_shards(shard_dir)
+        problems = verify_shards(shard_dir, files)
         if problems:
             raise ShardError("; ".join(problems))
     manifest = read_manifest(shard_dir)
     tables = []
     for entry in manifest["shards"]:
+        if files is not None and entry["file"] not in files:
+            continue
         path = shard_dir / entry["file"]
         try:
             tables.append(pq.read_table(path, columns=columns))
         except (pa.ArrowInvalid, OSError) as exc:
             raise ShardError(f"{path}: unreadable shard: {exc}") from None
     return pa.concat_tables(tables)
+
+
+def shard_files(shard_dir: Path) -> list[str]:
+    """The manifest's shard file names, in row order."""
+    return [entry["file"] for entry in read_manifest(shard_dir)["shards"]]
 
 
 def logits_matrix(table: pa.Table) -> np.ndarray:

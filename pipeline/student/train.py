@@ -21,18 +21,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from pipeline import paths
 from pipeline.batching import length_sorted_batches
 from pipeline.device import autocast, autocast_dtype, pick_device, seed_everything
+from pipeline.distributed import Processes, common_count, processes, shard_part, take
 from pipeline.metrics import compute_metrics
 from pipeline.params import Params, TrainParams
 from pipeline.sampling import SamplingScheme, TaskBatchSampler
-from pipeline.shards import ShardError, load_shards, logits_matrix
+from pipeline.shards import ShardError, load_shards, logits_matrix, shard_files
 from pipeline.student.architectures import get_architecture, save_student
 from pipeline.student.base import StudentModel, count_parameters
-from pipeline.student.encoding import EncodedInputs, StudentEncoder
+from pipeline.student.encoding import EncodedInputs, StudentEncoder, WordEncoder
 from pipeline.student.optim import build_optimizers
 from pipeline.tasks import Task
 from pipeline.teacher import table_texts
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 # Batch size for dev-set evaluation after each epoch.
 EVAL_BATCH_SIZE = 512
+SHARD_COLUMNS = ["source_id", "is_original", "text_a", "text_b", "label", "logits"]
 
 LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 
@@ -154,29 +157,45 @@ def fit(
     sampling: SamplingScheme = "proportional",
     temperature: float = 1.0,
     desc: str = "student",
+    part: Processes | None = None,
 ) -> FitResult:
     """Train ``model`` on every task in ``data`` with early stopping; load the best epoch's weights into it.
 
     The early-stopping score is the mean over tasks of each task's primary dev metric (a NaN counts as worst).
+    In a data-parallel run (``part.distributed``; ``data`` holds this process's training rows) the model is wrapped
+    in DDP, its embedding tables get dense gradients (NCCL cannot all-reduce sparse ones), every process takes the
+    same number of steps per epoch (the smallest count; each process's sampler is seeded with ``seed + index``)
+    and every process scores the full dev sets, so all make the same early-stopping decisions.
     """
-    device = next(model.parameters()).device
+    part = part or Processes(0, 1, next(model.parameters()).device)
+    device = part.device
     dtype = autocast_dtype(device, hp.mixed_precision)
     sampler = TaskBatchSampler(
         {name: d.train.lengths for name, d in data.items()},
         {name: hp.batch_size_for(d.task) for name, d in data.items()},
-        sampling, temperature, seed,
+        sampling, temperature, seed + part.index,
     )  # fmt: skip
-    optimizers, schedulers = build_optimizers(hp, model, hp.epochs * sampler.batches_per_epoch())
+    steps_per_epoch = common_count(sampler.batches_per_epoch(), part)
     multi_task = len(data) > 1
+    forward: torch.nn.Module = model
+    if part.distributed:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Embedding):
+                module.sparse = False
+        forward = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=multi_task
+        )
+    optimizers, schedulers = build_optimizers(hp, model, hp.epochs * steps_per_epoch)
     curve: list[dict[str, float]] = []
     best_score, best_epoch, best_state, best_metrics = -math.inf, 0, None, {}
     for epoch in range(1, hp.epochs + 1):
         model.train()
         total, rows_seen = torch.zeros((), device=device), 0
-        for task, rows in tqdm(sampler.epoch(), desc=f"{desc} epoch {epoch}", unit="batch"):
+        batches = sampler.epoch()[:steps_per_epoch]
+        for task, rows in tqdm(batches, desc=f"{desc} epoch {epoch}", unit="batch", disable=not part.is_main):
             batch_data = data[task]
             with autocast(device, dtype):
-                logits = model(task, batch_data.train.batch(rows, device))
+                logits = forward(task, batch_data.train.batch(rows, device))
             index = torch.from_numpy(rows)
             loss = batch_data.loss_fn(logits.float(), {k: t[index].to(device) for k, t in batch_data.targets.items()})
             for optimizer in optimizers:
@@ -253,13 +272,25 @@ def build_task_data(
     )  # fmt: skip
 
 
-def read_shards(task: Task, shard_dir: Path) -> pa.Table:
-    """The columns students need from every logit shard, verified against the score manifest."""
-    table = load_shards(shard_dir, columns=["source_id", "is_original", "text_a", "text_b", "label", "logits"])
+def read_shards(task: Task, shard_dir: Path, part: Processes | None = None) -> pa.Table:
+    """The columns students need from the logit shards (this process's part of them in a data-parallel run),
+    verified against the score manifest."""
+    part = part or Processes(0, 1, torch.device("cpu"))
+    files, rows = shard_part(shard_files(shard_dir), part)
+    if part.distributed:
+        log.info("process %d of %d reads %s (rows %s)", part.index, part.count, ", ".join(files), rows)
+    table = take(load_shards(shard_dir, columns=SHARD_COLUMNS, files=files), rows)
     width = table.schema.field("logits").type.list_size
     if width != task.num_outputs:
         raise ShardError(f"{shard_dir}: logits have {width} values per row, task {task.name} needs {task.num_outputs}")
     return table
+
+
+def check_distributable(encoder: StudentEncoder, part: Processes) -> None:
+    """Refuse a data-parallel run whose vocabulary was built from this process's rows (it would differ per process)."""
+    if part.distributed and isinstance(encoder, WordEncoder):
+        raise ValueError("data-parallel student training needs WordPiece embeddings (embeddings: wordpiece): a word "
+                         "vocabulary built from each process's rows would differ between processes")
 
 
 def training_summary(model: StudentModel, result: FitResult, train_rows: dict[str, int]) -> dict[str, Any]:
@@ -276,28 +307,34 @@ def training_summary(model: StudentModel, result: FitResult, train_rows: dict[st
 
 def _train_single_task(
     task: Task, params: Params, hp: TrainParams, train: pa.Table, targets: dict[str, torch.Tensor], loss_fn: LossFn,
-    prepared_dir: Path, teacher_dir: Path, out_dir: Path, log_dir: Path, desc: str,
+    prepared_dir: Path, teacher_dir: Path, out_dir: Path, log_dir: Path, desc: str, part: Processes,
 ) -> dict[str, Any]:  # fmt: skip
-    """Build Tang et al.'s BiLSTM for one task, fit it, save it; return the training summary."""
+    """Build Tang et al.'s BiLSTM for one task, fit it, save it (main process); return the training summary."""
     seed_everything(params.seed)
     model, encoder = get_architecture("bilstm").build(params, [task], teacher_dir, all_texts(task, train), params.seed)
-    model.to(pick_device())
+    check_distributable(encoder, part)
+    model.to(part.device)
     data = {task.name: build_task_data(task, encoder, train, targets, loss_fn, prepared_dir)}
-    with training_log(log_dir) as tracker:
-        result = fit(model, data, hp, params.seed, tracker, desc=f"{desc} {task.name}")
+    with training_log(log_dir, enabled=part.is_main) as tracker:
+        result = fit(model, data, hp, params.seed, tracker, desc=f"{desc} {task.name}", part=part)
     summary = training_summary(model, result, {task.name: train.num_rows})
-    save_student(model, encoder, out_dir, summary)
+    if part.is_main:
+        save_student(model, encoder, out_dir, summary)
     return summary
 
 
 def train_student(
     task: Task, params: Params, shard_dir: Path, prepared_dir: Path, teacher_dir: Path, out_dir: Path, log_dir: Path
 ) -> dict[str, Any]:
-    """Distil the teacher's logits (all shard rows) into the BiLSTM student; save it; return a summary."""
-    table = read_shards(task, shard_dir)
+    """Distil the teacher's logits (all shard rows) into the BiLSTM student; save it; return a summary.
+
+    Under ``torchrun`` / ``accelerate launch`` every process reads and trains on its part of the shards (DDP).
+    """
+    part = processes(pick_device())
+    table = read_shards(task, shard_dir, part)
     return _train_single_task(
         task, params, params.student, table, distillation_targets(task, table),
-        distillation_loss_fn(task, params.student.alpha), prepared_dir, teacher_dir, out_dir, log_dir, "student",
+        distillation_loss_fn(task, params.student.alpha), prepared_dir, teacher_dir, out_dir, log_dir, "student", part,
     )  # fmt: skip
 
 
@@ -312,5 +349,5 @@ def train_baseline(
     targets = {"label": labels_and_mask(task, table.column("label"))[0]}
     return _train_single_task(
         task, params, params.baseline, table, targets, supervised_loss_fn(task),
-        prepared_dir, teacher_dir, out_dir, log_dir, "baseline",
+        prepared_dir, teacher_dir, out_dir, log_dir, "baseline", Processes(0, 1, pick_device()),
     )  # fmt: skip
