@@ -22,9 +22,13 @@ DISPLAY_NAMES = {
 
 
 def display_name(model: str) -> str:
-    """Readable name of a model key, e.g. ``mkd_biattentive_joint`` -> ``MKD biattentive (joint, no fine-tuning)``."""
+    """Readable name of a model key, e.g. ``mkd_biattentive_joint`` -> ``MKD biattentive (joint, no fine-tuning)``,
+    ``mkd_transformer-int8`` -> ``MKD transformer, ONNX int8``."""
     if model in DISPLAY_NAMES:
         return DISPLAY_NAMES[model]
+    model, _, variant = model.partition("-")
+    if variant:
+        return f"{display_name(model)}, ONNX {'fp32' if variant == 'onnx' else variant}"
     name = model.removeprefix("mkd_")
     if name.endswith("_joint"):
         return f"MKD {name.removesuffix('_joint')} (joint, no fine-tuning)"
@@ -105,13 +109,14 @@ def markdown_report(summary: dict[str, Any]) -> str:
     keys = list(speed)
     lines += ["", f"Size, and CPU sentences/s on {speed_task} dev ({reports[speed_task]['cpu_threads']} threads, "
               "tokenisation included; median of interleaved passes):", ""]
-    header = ["model", "params", "params w/o emb", *[f"sent/s {key.replace('_', ' ')}" for key in keys],
+    header = ["model", "params", "params w/o emb", "size MB", *[f"sent/s {key.replace('_', ' ')}" for key in keys],
               *[f"vs teacher {key.replace('_', ' ')}" for key in keys]]  # fmt: skip
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model in summary["models"]:
         sizes = reports[speed_task]["parameters"][model]
         ratios = summary["speed_over_single_teacher"][model][speed_task]
-        cells = [display_name(model), f"{sizes['total']:,}", f"{sizes['without_embeddings']:,}"]
+        cells = [display_name(model), *(f"{sizes[key]:,}" if key in sizes else "-" for key in ("total", "without_embeddings"))]
+        cells.append(f"{sizes['bytes'] / 1e6:.1f}")
         cells += [f"{speed[key][model]['median']:.1f}" for key in keys] + [f"{ratios[key]:.1f}x" for key in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
