@@ -36,7 +36,7 @@ def load_predictors(task: Task, params: Params, device: torch.device) -> tuple[d
     teacher, tokenizer = load_teacher(paths.teacher_dir(task.name), device)
     predictors: dict[str, Predictor] = {
         "teacher": lambda a, b, batch_size: predict_logits(
-            teacher, tokenizer, a, b, batch_size, params.teacher.max_length, params.teacher.mixed_precision
+            teacher, tokenizer, a, b, batch_size, params.teacher.max_length, params.score.precision
         )
     }
     teacher_params = sum(p.numel() for p in teacher.parameters())

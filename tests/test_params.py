@@ -77,3 +77,12 @@ def test_pair_tasks_train_with_their_own_batch_size():
     assert params.student.batch_size_for(get_task("sst2")) == 50
     assert params.student.batch_size_for(get_task("qqp")) == 256
     assert params.baseline.batch_size_for(get_task("mnli")) == 256
+
+
+def test_inference_precision_is_separate_from_training_precision(tmp_path):
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert (params.score.precision, params.teacher.mixed_precision) == ("fp32", "auto")
+    raw = repo_params()
+    raw["score"]["precision"] = "int8"
+    with pytest.raises(ParamsError, match=r"score.precision: Input should be 'fp32', 'bf16', 'fp16' or 'auto'"):
+        load_params(write(tmp_path, raw))
