@@ -1,22 +1,32 @@
-"""Score throughput benchmark: how close the score stage gets to the teacher's raw forward speed.
+"""Score throughput benchmarks.
 
-Three measurements in one run, on the same sentences, device and thread count, each after a one-batch warm-up:
+``bench score``: how close the score stage gets to the teacher's raw forward speed. Three measurements on the
+same sentences, device, thread count and precision (``score.precision``):
 
 * ceiling: the model forward alone, on pre-tokenized, pre-padded, length-sorted batches, at each requested batch
-  size and at ours; the best is the ceiling;
+  size and at ours; the batch size with the best median is the ceiling;
 * ours: ``score.score_table`` (tokenize, length-sort, batch, forward) plus writing the Parquet shard;
 * naive: a ``transformers`` text-classification pipeline returning every class score (``top_k=None``), as a user
   would call it (the pipeline's default batching: one sentence at a time), under the same autocast.
+
+``bench precision``: ``score_table`` at several precisions, timed the same way, and each one's logits against fp32.
+
+Every measurement is warmed up once, then timed in ``repeats`` interleaved rounds (A B C, A B C, ...), so load
+that changes during the run hits every measurement alike; each is reported as median and min-max over rounds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -36,7 +46,7 @@ from pipeline.params import Params
 from pipeline.prepare import read_glue_tsv
 from pipeline.schema import transfer_schema
 from pipeline.score import score_table
-from pipeline.shards import shard_name
+from pipeline.shards import logits_matrix, shard_name
 from pipeline.tasks import Task
 from pipeline.teacher import (
     Encoded,
@@ -47,8 +57,6 @@ from pipeline.teacher import (
     token_lengths,
     tokenize,
 )
-
-T = TypeVar("T")
 
 
 def bench_teacher(
@@ -91,100 +99,241 @@ def _as_transfer_rows(task: Task, table: pa.Table) -> pa.Table:
     return pa.table(columns, schema=transfer_schema(task))
 
 
-def _timed_rate(run: Callable[[T], object], warm_up: T, full: T, rows: int, device: torch.device) -> float:
-    """Rows per second of ``run(full)``, timed after ``run(warm_up)`` (waiting for the GPU to finish)."""
-    run(warm_up)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    run(full)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return rows / (time.perf_counter() - start)
+@dataclass(frozen=True)
+class Measurement:
+    """One timed workload: ``warm_up`` once, then ``run`` (over all benchmark rows) once per round."""
+
+    warm_up: Callable[[], object]
+    run: Callable[[], object]
 
 
-@torch.inference_mode()
+def interleaved_rates(
+    measurements: dict[str, Measurement], rows: int, repeats: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Rows per second of each measurement in each of ``repeats`` rounds; every round runs all of them in order.
+
+    Each measurement's warm-up runs once before the first round; the GPU is waited for around every timing.
+    """
+    for measurement in measurements.values():
+        measurement.warm_up()
+    rates: dict[str, list[float]] = {name: [] for name in measurements}
+    for _ in range(repeats):
+        for name, measurement in measurements.items():
+            _synchronize(device)
+            start = time.perf_counter()
+            measurement.run()
+            _synchronize(device)
+            rates[name].append(rows / (time.perf_counter() - start))
+    return rates
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def summarize(rates: Sequence[float]) -> dict[str, Any]:
+    """Median, min, max and every value of one measurement's per-round rates."""
+    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "runs": list(rates)}
+
+
+def ratio(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, float]:
+    """A speed ratio as the ratio of medians, and as the median of the per-round ratios."""
+    return {
+        "of_medians": statistics.median(numerator) / statistics.median(denominator),
+        "median_per_round": statistics.median(n / d for n, d in zip(numerator, denominator)),
+    }
+
+
 def forward_ceiling(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoded: Encoded, batch_size: int,
-                    dtype: torch.dtype | None) -> float:
-    """Sentences/s of the model forward alone over pre-padded, length-sorted batches already on the device."""
+                    dtype: torch.dtype | None) -> Measurement:
+    """The model forward alone over pre-padded, length-sorted batches already on the device."""
     device = model.device
     batches = [
         batch_tensors(tokenizer, encoded, rows, device)
         for rows in length_sorted_batches(token_lengths(encoded), batch_size)
     ]
 
+    @torch.inference_mode()
     def forward(batches: list[dict[str, torch.Tensor]]) -> None:
         with autocast(device, dtype):
             for batch in batches:
                 model(**batch)
 
-    return _timed_rate(forward, batches[:1], batches, len(encoded["input_ids"]), device)  # warm-up: the longest batch
+    return Measurement(lambda: forward(batches[:1]), lambda: forward(batches))  # warm-up: the longest batch
 
 
-def run_bench(task: Task, params: Params, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, table: pa.Table,
-              batch_sizes: Sequence[int], threads: int) -> dict[str, Any]:
-    """Time ceiling, ours and naive on ``table`` (transfer-set rows); sentences/s, ratios and settings."""
-    device = model.device
-    dtype = autocast_dtype(device, params.teacher.mixed_precision)
-    batch_size, max_length = params.score.batch_size, params.score.max_length
-    text_a, text_b = table_texts(task, table)
-    classifier = pipeline("text-classification", model=model, tokenizer=tokenizer, device=device)
+def with_precision(params: Params, precision: str) -> Params:
+    """``params`` with ``score.precision`` replaced."""
+    return params.model_copy(update={"score": params.score.model_copy(update={"precision": precision})})
 
-    def naive(texts: list) -> None:
-        with autocast(device, dtype):
-            classifier(texts, top_k=None, truncation=True, max_length=max_length)  # the pipeline's default batching
 
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        encoded = tokenize(tokenizer, text_a, text_b, max_length)
-        sizes = sorted({*batch_sizes, batch_size})  # our batch size too: separates batching overhead from batch size
-        ceiling = {size: forward_ceiling(model, tokenizer, encoded, size, dtype) for size in sizes}
-        with tempfile.TemporaryDirectory() as tmp:
-            def ours(rows: pa.Table) -> None:
-                write_parquet(score_table(task, rows, model, tokenizer, params), Path(tmp) / shard_name(0))
-
-            ours_rate = _timed_rate(ours, table.slice(0, batch_size), table, table.num_rows, device)
-        inputs = text_a if text_b is None else [{"text": a, "text_pair": b} for a, b in zip(text_a, text_b)]
-        naive_rate = _timed_rate(naive, inputs[:batch_size], inputs, table.num_rows, device)
-    finally:
-        torch.set_num_threads(previous_threads)
-
-    best_size = max(ceiling, key=ceiling.get)
+def _settings(task: Task, params: Params, device: torch.device, table: pa.Table, threads: int, repeats: int) -> dict[str, Any]:
     return {
         "task": task.name,
         "sentences": table.num_rows,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": threads,
-        "autocast": str(dtype).removeprefix("torch.") if dtype else "off (fp32)",
-        "batch_size": batch_size,
-        "max_length": max_length,
-        "sentences_per_second": {"ceiling": ceiling[best_size], "ours": ours_rate, "naive": naive_rate},
+        "repeats": repeats,
+        "batch_size": params.score.batch_size,
+        "max_length": params.score.max_length,
+    }
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str:
+    return str(dtype).removeprefix("torch.") if dtype else "off (fp32)"
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def run_bench(task: Task, params: Params, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, table: pa.Table,
+              batch_sizes: Sequence[int], threads: int, repeats: int) -> dict[str, Any]:
+    """Time ceiling, ours and naive on ``table`` (transfer-set rows), interleaved; rates, ratios and settings."""
+    device = model.device
+    dtype = autocast_dtype(device, params.score.precision)
+    batch_size, max_length = params.score.batch_size, params.score.max_length
+    text_a, text_b = table_texts(task, table)
+    classifier = pipeline("text-classification", model=model, tokenizer=tokenizer, device=device)
+    inputs = text_a if text_b is None else [{"text": a, "text_pair": b} for a, b in zip(text_a, text_b)]
+
+    def naive(texts: list) -> None:
+        with autocast(device, dtype):
+            classifier(texts, top_k=None, truncation=True, max_length=max_length)  # the pipeline's default batching
+
+    with _torch_threads(threads), tempfile.TemporaryDirectory() as tmp:
+        def ours(rows: pa.Table) -> None:
+            write_parquet(score_table(task, rows, model, tokenizer, params), Path(tmp) / shard_name(0))
+
+        encoded = tokenize(tokenizer, text_a, text_b, max_length)
+        sizes = sorted({*batch_sizes, batch_size})  # our batch size too: separates batching overhead from batch size
+        measurements = {f"ceiling_{size}": forward_ceiling(model, tokenizer, encoded, size, dtype) for size in sizes}
+        measurements["ours"] = Measurement(lambda: ours(table.slice(0, batch_size)), lambda: ours(table))
+        measurements["naive"] = Measurement(lambda: naive(inputs[:batch_size]), lambda: naive(inputs))
+        rates = interleaved_rates(measurements, table.num_rows, repeats, device)
+
+    ceiling = {size: rates[f"ceiling_{size}"] for size in sizes}
+    best_size = max(ceiling, key=lambda size: statistics.median(ceiling[size]))
+    return {
+        **_settings(task, params, device, table, threads, repeats),
+        "precision": params.score.precision,
+        "autocast": _dtype_name(dtype),
+        "sentences_per_second": {
+            "ceiling": summarize(ceiling[best_size]), "ours": summarize(rates["ours"]), "naive": summarize(rates["naive"]),
+        },
         "ceiling_batch_size": best_size,
-        "ceiling_by_batch_size": {str(size): rate for size, rate in ceiling.items()},
+        "ceiling_by_batch_size": {str(size): summarize(size_rates) for size, size_rates in ceiling.items()},
         "ratios": {
-            "ours_over_ceiling": ours_rate / ceiling[best_size],
-            "ours_over_ceiling_at_our_batch_size": ours_rate / ceiling[batch_size],
-            "ours_over_naive": ours_rate / naive_rate,
+            "ours_over_ceiling": ratio(rates["ours"], ceiling[best_size]),
+            "ours_over_ceiling_at_our_batch_size": ratio(rates["ours"], ceiling[batch_size]),
+            "ours_over_naive": ratio(rates["ours"], rates["naive"]),
         },
     }
 
 
+def logit_deviation(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """How far ``logits`` are from ``reference``: max and mean absolute difference (and, for scale, the mean
+    absolute reference logit), and argmax agreement."""
+    difference = np.abs(logits.astype(np.float64) - reference.astype(np.float64))
+    deviation = {
+        "max_abs_diff": float(difference.max()),
+        "mean_abs_diff": float(difference.mean()),
+        "mean_abs_reference": float(np.abs(reference).mean()),
+    }
+    if logits.shape[1] > 1:  # classification; a regression score has no argmax
+        deviation["argmax_agreement"] = float((logits.argmax(axis=1) == reference.argmax(axis=1)).mean())
+    return deviation
+
+
+def run_precision_bench(task: Task, params: Params, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                        table: pa.Table, precisions: Sequence[str], threads: int, repeats: int) -> dict[str, Any]:
+    """Time ``score_table`` at each precision (interleaved) and compare each one's logits with fp32's."""
+    device = model.device
+    batch_size = params.score.batch_size
+    logits: dict[str, np.ndarray] = {}
+
+    def scorer(precision: str, rows: pa.Table) -> Callable[[], None]:
+        def run() -> None:
+            logits[precision] = logits_matrix(score_table(task, rows, model, tokenizer, with_precision(params, precision)))
+        return run
+
+    reference = "fp32"
+    order = [reference, *(precision for precision in precisions if precision != reference)]
+    measurements = {
+        precision: Measurement(scorer(precision, table.slice(0, batch_size)), scorer(precision, table))
+        for precision in order
+    }
+    with _torch_threads(threads):
+        rates = interleaved_rates(measurements, table.num_rows, repeats, device)
+    return {
+        **_settings(task, params, device, table, threads, repeats),
+        "precisions": {
+            precision: {
+                "autocast": _dtype_name(autocast_dtype(device, precision)),
+                "sentences_per_second": summarize(rates[precision]),
+                "speed_over_fp32": ratio(rates[precision], rates[reference]),
+                "logits_vs_fp32": logit_deviation(logits[precision], logits[reference]),
+            }
+            for precision in order
+        },
+    }
+
+
+def _rate_text(summary: dict[str, Any]) -> str:
+    return f"{summary['median']:,.1f} sentences/s (min-max {summary['min']:,.1f}-{summary['max']:,.1f})"
+
+
+def _ratio_text(value: dict[str, float]) -> str:
+    return f"{value['of_medians']:.2f} (per round: {value['median_per_round']:.2f})"
+
+
 def format_report(report: dict[str, Any]) -> str:
-    """The benchmark as readable text."""
+    """``bench score`` as readable text."""
     rates, ratios = report["sentences_per_second"], report["ratios"]
-    by_size = ", ".join(f"{size}: {rate:,.1f}" for size, rate in report["ceiling_by_batch_size"].items())
+    by_size = ", ".join(f"{size}: {rate['median']:,.1f}" for size, rate in report["ceiling_by_batch_size"].items())
     lines = [
+        *_header_lines(report),
+        f"precision: {report['precision']}  autocast: {report['autocast']}",
+        (f"ceiling (forward only, batch {report['ceiling_batch_size']}): {_rate_text(rates['ceiling'])}  "
+         f"[medians by batch size: {by_size}]"),
+        f"ours (score_table + Parquet, batch {report['batch_size']}): {_rate_text(rates['ours'])}",
+        f"naive (transformers pipeline, default batching, top_k=None): {_rate_text(rates['naive'])}",
+        (f"ours/ceiling: {_ratio_text(ratios['ours_over_ceiling'])}  at batch {report['batch_size']}: "
+         f"{_ratio_text(ratios['ours_over_ceiling_at_our_batch_size'])}"),
+        f"ours/naive: {_ratio_text(ratios['ours_over_naive'])}",
+        "ratios: of the medians (per round: median of the per-round ratios)",
+    ]
+    return "\n".join(lines)
+
+
+def format_precision_report(report: dict[str, Any]) -> str:
+    """``bench precision`` as readable text."""
+    lines = [*_header_lines(report), f"score_table, batch {report['batch_size']}:"]
+    for precision, result in report["precisions"].items():
+        deviation = result["logits_vs_fp32"]
+        agreement = deviation.get("argmax_agreement")
+        lines.append(
+            f"  {precision} (autocast {result['autocast']}): {_rate_text(result['sentences_per_second'])}  "
+            f"speed/fp32: {_ratio_text(result['speed_over_fp32'])}  "
+            f"logits vs fp32: max |diff| {deviation['max_abs_diff']:.3g}, mean |diff| {deviation['mean_abs_diff']:.3g} "
+            f"(mean |fp32 logit| {deviation['mean_abs_reference']:.3g})"
+            + ("" if agreement is None else f", argmax agreement {100 * agreement:.2f}%")
+        )
+    return "\n".join(lines)
+
+
+def _header_lines(report: dict[str, Any]) -> list[str]:
+    return [
         f"command: {report.get('command', '-')}",
         f"task {report['task']}: {report['sentences']} sentences from {report.get('sentences_source', '-')}",
         f"teacher: {report.get('teacher', '-')}",
-        f"device: {report['device']}  threads: {report['threads']}  autocast: {report['autocast']}  "
-        f"max_length: {report['max_length']}",
-        f"ceiling (forward only, batch {report['ceiling_batch_size']}): {rates['ceiling']:,.1f} sentences/s  "
-        f"[by batch size: {by_size}]",
-        f"ours (score_table + Parquet, batch {report['batch_size']}): {rates['ours']:,.1f} sentences/s",
-        f"naive (transformers pipeline, default batching, top_k=None): {rates['naive']:,.1f} sentences/s",
-        f"ours/ceiling: {ratios['ours_over_ceiling']:.2f} (at batch {report['batch_size']}: "
-        f"{ratios['ours_over_ceiling_at_our_batch_size']:.2f})  ours/naive: {ratios['ours_over_naive']:.2f}",
+        (f"device: {report['device']}  threads: {report['threads']}  max_length: {report['max_length']}  "
+         f"rounds: {report['repeats']} (interleaved; rates are medians, min-max over rounds)"),
     ]
-    return "\n".join(lines)

@@ -9,15 +9,15 @@ import contextlib
 import logging
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from pipeline import paths
 from pipeline.augment import TaggerUnavailableError
-from pipeline.params import DEFAULT_PARAMS_PATH, Params, ParamsError, load_params
+from pipeline.params import DEFAULT_PARAMS_PATH, PRECISIONS, Params, ParamsError, Precision, load_params
 from pipeline.prepare import GlueFormatError
 from pipeline.shards import ShardError, format_rows, format_stats, head_rows, shard_stats, task_manifest, verify_shards
 from pipeline.tasks import Task, UnknownTaskError, get_task
@@ -335,31 +335,85 @@ def _batch_sizes(value: str) -> list[int]:
     return sizes
 
 
+def _precisions(value: str) -> list[str]:
+    precisions = [part.strip() for part in value.split(",")]
+    unknown = [precision for precision in precisions if precision not in PRECISIONS]
+    if unknown:
+        raise typer.BadParameter(f"{value!r}: unknown precision {unknown[0]!r}; known: {', '.join(PRECISIONS)}")
+    return precisions
+
+
+BenchTeacherOption = Annotated[Path | None, typer.Option(
+    "--teacher-dir", help="teacher folder (default: models/teacher/<task> if present, else teacher.checkpoint with a "
+    "fresh head)")]
+SentencesOption = Annotated[int, typer.Option(min=1, help="sentences (or pairs) timed")]
+ThreadsOption = Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: evaluate.threads)")]
+RepeatsOption = Annotated[int, typer.Option(min=1, help="timed rounds, interleaved across the measurements")]
+JsonOption = Annotated[Path | None, typer.Option("--json", help="also save the numbers as JSON here")]
+
+
 @bench_app.command("score")
 def bench_score(
     task: TaskOption,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
-    teacher_dir: Annotated[Path | None, typer.Option(help="teacher folder (default: models/teacher/<task> if present, "
-                                                         "else teacher.checkpoint with a fresh head)")] = None,
-    sentences: Annotated[int, typer.Option(min=1, help="sentences (or pairs) timed")] = 2000,
+    teacher_dir: BenchTeacherOption = None,
+    sentences: SentencesOption = 2000,
     batch_sizes: Annotated[str, typer.Option(help="forward-ceiling batch sizes, comma-separated")] = "32,64,128,256",
-    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: evaluate.threads)")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="also save the numbers as JSON here")] = None,
+    precision: Annotated[Precision | None, typer.Option(help="teacher precision (default: score.precision)")] = None,
+    threads: ThreadsOption = None,
+    repeats: RepeatsOption = 5,
+    json_path: JsonOption = None,
 ) -> None:
     """Score throughput: raw teacher forward ceiling vs our score stage vs a transformers pipeline."""
-    from pipeline.bench import bench_sentences, bench_teacher, format_report, run_bench
-    from pipeline.io import write_json
+    from pipeline.bench import format_report, run_bench
 
     sizes = _batch_sizes(batch_sizes)
-    with _stage(task, params) as (spec, hp):
+    with _bench_inputs(task, params, teacher_dir, sentences, precision) as (spec, hp, model, tokenizer, table, sources):
+        report = run_bench(spec, hp, model, tokenizer, table, sizes, threads or hp.evaluate.threads, repeats)
+        _bench_output({**report, **sources}, format_report, json_path)
+
+
+@bench_app.command("precision")
+def bench_precision(
+    task: TaskOption,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    teacher_dir: BenchTeacherOption = None,
+    sentences: SentencesOption = 2000,
+    precisions: Annotated[str, typer.Option(help="precisions compared with fp32, comma-separated")] = "bf16",
+    threads: ThreadsOption = None,
+    repeats: RepeatsOption = 5,
+    json_path: JsonOption = None,
+) -> None:
+    """Score speed and logit deviation of lower precisions against fp32 (score_table, interleaved rounds)."""
+    from pipeline.bench import format_precision_report, run_precision_bench
+
+    chosen = _precisions(precisions)
+    with _bench_inputs(task, params, teacher_dir, sentences, None) as (spec, hp, model, tokenizer, table, sources):
+        report = run_precision_bench(spec, hp, model, tokenizer, table, chosen, threads or hp.evaluate.threads, repeats)
+        _bench_output({**report, **sources}, format_precision_report, json_path)
+
+
+@contextlib.contextmanager
+def _bench_inputs(
+    task_name: str, params_path: Path, teacher_dir: Path | None, sentences: int, precision: str | None
+) -> Iterator[tuple[Task, Params, Any, Any, Any, dict[str, str]]]:
+    """Task, params (``score.precision`` overridden when given), teacher, benchmark rows and where they came from."""
+    from pipeline.bench import bench_sentences, bench_teacher, with_precision
+
+    with _stage(task_name, params_path) as (spec, hp):
+        hp = hp if precision is None else with_precision(hp, precision)
         model, tokenizer, teacher_source = bench_teacher(spec, hp, teacher_dir)
         table, source = bench_sentences(spec, hp, sentences)
-        report = run_bench(spec, hp, model, tokenizer, table, sizes, threads or hp.evaluate.threads)
         command = shlex.join(["python", "-m", "pipeline", *sys.argv[1:]])
-        report.update(teacher=teacher_source, sentences_source=source, command=command)
-        typer.echo(format_report(report))
-        if json_path is not None:
-            write_json(report, json_path)
+        yield spec, hp, model, tokenizer, table, {"teacher": teacher_source, "sentences_source": source, "command": command}
+
+
+def _bench_output(report: dict[str, Any], formatter: Callable[[dict[str, Any]], str], json_path: Path | None) -> None:
+    from pipeline.io import write_json
+
+    typer.echo(formatter(report))
+    if json_path is not None:
+        write_json(report, json_path)
 
 
 @bench_app.command("student")
@@ -369,14 +423,13 @@ def bench_student(
     sentences: Annotated[int, typer.Option(min=1, help="dev sentences timed one at a time")] = 256,
     threads: Annotated[int | None, typer.Option(min=1, help="torch/onnxruntime threads (default: evaluate.threads)")] = None,
     repeats: Annotated[int | None, typer.Option(min=1, help="timed passes, best counts (default: evaluate.speed_repeats)")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="also save the numbers as JSON here")] = None,
+    json_path: JsonOption = None,
 ) -> None:
     """Where the BiLSTM student's time goes at batch size 1 (PyTorch parts, onnxruntime ops per exported variant)."""
     import torch
 
     from pipeline.bench_student import format_breakdown, run_bench
     from pipeline.evaluate import dev_splits
-    from pipeline.io import write_json
     from pipeline.student.architectures import load_student
     from pipeline.teacher import table_texts
 
@@ -388,7 +441,4 @@ def bench_student(
         report = run_bench(model, encoder, spec.name, paths.export_dir(spec.name), texts,
                            threads or hp.evaluate.threads, repeats or hp.evaluate.speed_repeats)  # fmt: skip
         report["command"] = shlex.join(["python", "-m", "pipeline", *sys.argv[1:]])
-        typer.echo(format_breakdown(report))
-        if json_path is not None:
-            write_json(report, json_path)
-
+        _bench_output(report, format_breakdown, json_path)

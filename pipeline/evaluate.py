@@ -63,7 +63,7 @@ def teacher_source(model_dir: Path, params: Params) -> ModelSource:
         embeddings = sum(p.numel() for name, p in model.named_parameters() if ".embeddings." in f".{name}")
 
         def predict_fn(a: Sequence[str], b: Sequence[str] | None, batch_size: int) -> np.ndarray:
-            return predict_logits(model, tokenizer, a, b, batch_size, params.teacher.max_length, params.teacher.mixed_precision)
+            return predict_logits(model, tokenizer, a, b, batch_size, params.teacher.max_length, params.score.precision)
 
         sizes = {"total": total, "without_embeddings": total - embeddings, "bytes": total * BYTES_PER_PARAMETER}
         return LoadedModel(predict_fn, sizes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
@@ -14,6 +14,10 @@ from pipeline.tasks import Task, get_task
 
 GLUE_DIR_ENV = "DISTILLERY_GLUE_DIR"
 DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+
+Precision = Literal["fp32", "bf16", "fp16", "auto"]  # auto: bf16 (fp16 without bf16 support) on CUDA, fp32 on CPU
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 class ParamsError(ValueError):
@@ -43,7 +47,7 @@ class TeacherParams(_Section):
     learning_rate: float = Field(default=5e-5, gt=0)
     warmup_ratio: float = Field(default=0.1, ge=0, le=1)
     weight_decay: float = Field(default=0.01, ge=0)
-    mixed_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    mixed_precision: Precision = "auto"  # training autocast
     gradient_accumulation_steps: int = Field(default=1, gt=0)
 
 
@@ -82,6 +86,7 @@ class ScoreParams(_Section):
     batch_size: int = Field(default=32, gt=0)
     shard_rows: int = Field(default=100_000, gt=0)
     max_length: int = Field(default=128, gt=0)
+    precision: Precision = "fp32"  # teacher inference (score stage, bench score, evaluate's teacher)
 
 
 class EmbeddingParams(_Section):

@@ -99,7 +99,7 @@ def pytorch_teacher(task: Task, params_path: Path) -> LoadedModel:
 
     def logits(text_a: Sequence[str], text_b: Sequence[str] | None, batch_size: int) -> np.ndarray:
         return predict_logits(model, tokenizer, text_a, text_b, batch_size, params.teacher.max_length,
-                              params.teacher.mixed_precision)  # fmt: skip
+                              params.score.precision)  # fmt: skip
 
     return LoadedModel("teacher", logits, token_counts, params.teacher.max_length)
 

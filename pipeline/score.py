@@ -45,14 +45,20 @@ ShardJob = tuple[int, pa.Table]  # (shard index, its transfer-set rows)
 
 
 def _run_inputs(transfer_path: Path, teacher_dir: Path, params: Params, max_originals: int | None) -> dict[str, Any]:
+    """What a shard's bytes depend on: shards on disk are kept only when all of this is unchanged.
+
+    The batch size is part of it because a row's logits change in the last bits with the rows batched (and
+    padded) with it; the thread count is not (bit-identical on CPU, see ``benchmarks/bit_identity.py``).
+    """
     return {
         "max_originals": max_originals,
         "subset_seed": params.seed,
         "transfer_set_sha256": sha256_file(transfer_path),
         "teacher_fingerprint": teacher_fingerprint(teacher_dir),
         "shard_rows": params.score.shard_rows,
+        "batch_size": params.score.batch_size,
         "max_length": params.score.max_length,
-        "mixed_precision": params.teacher.mixed_precision,
+        "precision": params.score.precision,
     }
 
 
@@ -81,7 +87,7 @@ def score_table(task: Task, table: pa.Table, model, tokenizer, params: Params, p
     text_a, text_b = table_texts(task, table)
     logits = predict_logits(
         model, tokenizer, text_a, text_b, params.score.batch_size, params.score.max_length,
-        params.teacher.mixed_precision, progress=progress,
+        params.score.precision, progress=progress,
     )  # fmt: skip
     logits_column = pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1), pa.float32()), task.num_outputs)
     return table.append_column(shard_schema(task).field("logits"), logits_column).cast(shard_schema(task))

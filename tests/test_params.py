@@ -90,3 +90,12 @@ def test_mt_teacher_and_accumulation_params_are_validated(tmp_path):
     raw["teacher"]["gradient_accumulation_steps"] = 0
     with pytest.raises(ParamsError, match=r"teacher.gradient_accumulation_steps"):
         load_params(write(tmp_path, raw))
+
+
+def test_inference_precision_is_separate_from_training_precision(tmp_path):
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert (params.score.precision, params.teacher.mixed_precision) == ("fp32", "auto")
+    raw = repo_params()
+    raw["score"]["precision"] = "int8"
+    with pytest.raises(ParamsError, match=r"score.precision: Input should be 'fp32', 'bf16', 'fp16' or 'auto'"):
+        load_params(write(tmp_path, raw))

@@ -109,6 +109,18 @@ def test_student_param_reruns_only_student_and_evaluate(project):
     assert "up to date" in dvc("status", cwd=project).stdout
 
 
+def test_inference_precision_reruns_scoring_and_training_precision_the_teacher(project):
+    set_params(project, "score", precision="bf16")
+    changed = dvc("status", cwd=project).stdout
+    assert "score@sst2" in changed and "evaluate@sst2" in changed and "teacher@sst2" not in changed
+    set_params(project, "score", precision="fp32")
+    set_params(project, "teacher", mixed_precision="bf16")
+    changed = dvc("status", cwd=project).stdout
+    assert "teacher@sst2" in changed and "score@sst2" not in changed and "evaluate@sst2" not in changed
+    set_params(project, "teacher", mixed_precision="auto")
+    assert "up to date" in dvc("status", cwd=project).stdout
+
+
 def test_evaluate_accepts_any_glue_tsv(project, tmp_path):
     held_out = write_sst2(tmp_path / "held", n_train=4, n_dev=12, seed=7) / "SST-2" / "dev.tsv"
     result = run([sys.executable, "-m", "pipeline", "evaluate", "--task", "sst2", "--data", str(held_out),

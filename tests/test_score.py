@@ -171,3 +171,33 @@ def test_score_subset_of_originals(tmp_path, teacher_dir, scored):
     run_score(SST2, params_with(shard_rows=20), tmp_path / "transfer.parquet", teacher_dir, tmp_path / "subset",
               max_originals=4)  # fmt: skip
     assert len(set(load_shards(tmp_path / "subset").column("source_id").to_pylist())) == 4
+
+
+def test_scoring_the_same_rows_twice_gives_byte_identical_shards(scored, teacher_dir, tmp_path):
+    _, _, first = scored
+    second = run_score(SST2, params_with(shard_rows=20), tmp_path / "transfer.parquet", teacher_dir, tmp_path / "again")
+    assert [shard["sha256"] for shard in second["shards"]] == [shard["sha256"] for shard in first["shards"]]
+    assert second == first
+
+
+def test_precision_is_recorded_and_a_change_rescores(scored, teacher_dir, tmp_path):
+    transfer, out, fp32_manifest = scored
+    assert fp32_manifest["precision"] == "fp32"
+    fp32_logits = logits_matrix(load_shards(out))
+    manifest = run_score(SST2, params_with(shard_rows=20, precision="bf16"), tmp_path / "transfer.parquet", teacher_dir, out)
+    assert manifest["precision"] == "bf16" == json.loads((out / score_module.RUN_STATE_NAME).read_text())["precision"]
+    bf16_logits = logits_matrix(load_shards(out))
+    assert load_shards(out).drop(["logits"]).equals(transfer)
+    assert not np.array_equal(bf16_logits, fp32_logits)  # rescored, not resumed from the fp32 shards
+    np.testing.assert_allclose(bf16_logits, fp32_logits, atol=0.1)
+
+
+def test_a_changed_batch_size_rescores_every_shard(scored, teacher_dir, tmp_path, monkeypatch):
+    _, out, _ = scored
+    calls = []
+    real_score_table = score_module.score_table
+    monkeypatch.setattr(score_module, "score_table", lambda *a, **k: calls.append(1) or real_score_table(*a, **k))
+    manifest = run_score(SST2, params_with(shard_rows=20, batch_size=4), tmp_path / "transfer.parquet", teacher_dir, out)
+    assert len(calls) == 5 and manifest["batch_size"] == 4
+    run_score(SST2, params_with(shard_rows=20, batch_size=4), tmp_path / "transfer.parquet", teacher_dir, out)
+    assert len(calls) == 5  # same inputs: every shard kept
