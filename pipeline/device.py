@@ -62,3 +62,10 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def use_threads(threads: int | None) -> None:
+    """Pin torch's CPU threads (None: torch's default, one per core). Training results change in the last bits with
+    the thread count, so a pinned count makes them independent of the machine's core count."""
+    if threads is not None:
+        torch.set_num_threads(threads)

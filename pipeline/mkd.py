@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline import paths
-from pipeline.device import pick_device, seed_everything
+from pipeline.device import pick_device, seed_everything, use_threads
 from pipeline.distributed import Processes, processes
 from pipeline.io import atomic_dir
 from pipeline.params import MKDStudentTraining, Params
@@ -69,6 +69,7 @@ def run_mkd(
     tasks = [get_task(name) for name in params.tasks]
     part = processes(pick_device())
     seed_everything(params.seed)
+    use_threads(params.threads)
     budget = min(
         (limit for limit in (params.mkd.max_originals_per_task, train_params.max_originals_per_task) if limit),
         default=None,

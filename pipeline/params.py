@@ -221,6 +221,7 @@ class ExportParams(_Section):
 
 class Params(_Section):
     seed: int = 42
+    threads: int | None = Field(default=None, gt=0)  # torch CPU threads for training stages; None = one per core
     tasks: list[str] = Field(default_factory=lambda: ["sst2"], min_length=1)
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()

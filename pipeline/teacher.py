@@ -42,7 +42,14 @@ from transformers import (
 
 from pipeline import paths
 from pipeline.batching import length_sorted_batches, process_share
-from pipeline.device import autocast, autocast_dtype, pick_device, seed_everything, training_precision
+from pipeline.device import (
+    autocast,
+    autocast_dtype,
+    pick_device,
+    seed_everything,
+    training_precision,
+    use_threads,
+)
 from pipeline.io import atomic_dir
 from pipeline.metrics import compute_metrics
 from pipeline.params import MtTeacherParams, Params, TeacherParams
@@ -413,6 +420,7 @@ def fine_tune(
     hp = params.teacher
     with accelerated(hp.mixed_precision, several_tasks=len(tasks) > 1) as accelerator:
         seed_everything(params.seed)
+        use_threads(params.threads)
         checkpoint = resolve_checkpoint(hp.checkpoint)
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         data = {task.name: load_task_data(task, tokenizer, prepared_dir, hp.max_length) for task in tasks}

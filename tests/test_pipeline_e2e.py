@@ -15,7 +15,7 @@ import yaml
 from tests.conftest import copy_project, init_project, tiny_params, write_sst2
 
 STAGE_RUN = re.compile(r"Running stage '([^']+)'")
-MKD_STAGES = {f"mkd@{student}" for student in ("biattentive", "transformer", "bilstm")}
+MKD_STAGES = {f"{stage}@{student}" for stage in ("mkd", "export_mkd") for student in ("biattentive", "transformer", "bilstm")}
 MULTI_TASK_STAGES = {"mt_teacher", *MKD_STAGES, "compare"}
 
 

@@ -19,7 +19,7 @@ STAGES = ("prepare", "teacher", "augment", "score", "mt_score", "student", "base
 MODELS = ("teacher", "student", "baseline", "student-onnx", "student-int8", "student-table")
 FIRST_TASKS = ["sst2", "qqp", "stsb"]
 MKD_STUDENTS = ("biattentive", "transformer", "bilstm")
-MULTI_TASK_STAGES = {"mt_teacher", *(f"mkd@{student}" for student in MKD_STUDENTS), "compare"}
+MULTI_TASK_STAGES = {"mt_teacher", *(f"{stage}@{s}" for stage in ("mkd", "export_mkd") for s in MKD_STUDENTS), "compare"}
 
 
 def set_tasks(project, tasks: list[str]) -> None:
@@ -117,7 +117,7 @@ def test_repro_runs_every_stage_of_every_task(project):
 def test_mkd_param_reruns_nothing_single_task(project):
     set_mkd_epochs(project, "bilstm", 1)
     result = dvc("repro", cwd=project)
-    assert stages_run(result) == {"mkd@bilstm", "compare"}
+    assert stages_run(result) == {"mkd@bilstm", "export_mkd@bilstm", "compare"}
 
 
 def test_adding_a_task_reruns_multi_task_stages_and_its_own(project):

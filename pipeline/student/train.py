@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from pipeline import paths
 from pipeline.batching import length_sorted_batches
-from pipeline.device import autocast, autocast_dtype, pick_device, seed_everything
+from pipeline.device import autocast, autocast_dtype, pick_device, seed_everything, use_threads
 from pipeline.distributed import Processes, common_count, processes, shard_part, take
 from pipeline.metrics import compute_metrics
 from pipeline.params import Params, TrainParams
@@ -311,6 +311,7 @@ def _train_single_task(
 ) -> dict[str, Any]:  # fmt: skip
     """Build Tang et al.'s BiLSTM for one task, fit it, save it (main process); return the training summary."""
     seed_everything(params.seed)
+    use_threads(params.threads)
     model, encoder = get_architecture("bilstm").build(params, [task], teacher_dir, all_texts(task, train), params.seed)
     check_distributable(encoder, part)
     model.to(part.device)
