@@ -76,7 +76,7 @@ def test_pair_tasks_train_with_their_own_batch_size():
     params = load_params(REPO_ROOT / "params.yaml")
     assert params.student.batch_size_for(get_task("sst2")) == 50
     assert params.student.batch_size_for(get_task("qqp")) == 256
-    assert params.baseline.batch_size_for(get_task("mnli")) == 256
+    assert params.baseline.batch_size_for(get_task("mnli")) == 32  # tuned for the small pair tasks (README)
 
 
 def test_mt_teacher_and_accumulation_params_are_validated(tmp_path):
