@@ -258,7 +258,9 @@ def predict(
     input_path: Annotated[Path, typer.Argument(metavar="[FILE]", help="sentences, one per line (pairs: two "
                                                                        "tab-separated columns); - = stdin")] = Path("-"),
     model: Annotated[str, typer.Option(help="student-onnx | student-int8 | student-table (exported, onnxruntime); "
-                                            "student | baseline | teacher (PyTorch)")] = "student-onnx",
+                                            "student | baseline | teacher | mt_teacher (PyTorch); MKD students: "
+                                            "mkd_<architecture> (PyTorch) or mkd_<architecture>-<variant> "
+                                            "(exported), e.g. mkd_transformer-int8")] = "student-onnx",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="JSON lines file (default: stdout)")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
     threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads (default: all cores)")] = None,

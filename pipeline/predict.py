@@ -7,7 +7,8 @@ line. With any error nothing is written and the run fails, so an output line alw
 named in its ``line`` field and no bad line can shift the others.
 
 Models: the exported student variants (``student-onnx``, ``student-int8``, ``student-table``; onnxruntime only),
-and the PyTorch ``student``, ``baseline`` and ``teacher``.
+the PyTorch ``student``, ``baseline``, ``teacher`` and ``mt_teacher``, and the MKD students: ``mkd_<architecture>``
+(PyTorch: the task's fine-tuned model, else the joint one) and ``mkd_<architecture>-<variant>`` (exported).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pipeline.params import DEFAULT_PARAMS_PATH, load_params
 from pipeline.tasks import Task
 
 EXPORTED_PREFIX = "student-"
-PYTORCH_MODELS = ("student", "baseline", "teacher")
+MKD_PREFIX = "mkd_"
+PYTORCH_MODELS = ("student", "baseline", "teacher", "mt_teacher")
 DEFAULT_MODEL = "student-onnx"
 DEFAULT_BATCH_SIZE = 256
 # A length limit large enough never to truncate (to count tokens before truncation).
@@ -53,17 +55,23 @@ class LoadedModel:
 
 
 def model_choices(task: Task, export_dir: Path | None = None) -> list[str]:
-    """Model names ``load_model`` accepts for ``task``: exported variants present on disk, then the PyTorch models."""
+    """Model names ``load_model`` accepts for ``task``: exported variants present on disk, the PyTorch models, and
+    the MKD students on disk."""
     folder = export_dir or paths.export_dir(task.name)
     exported = [EXPORTED_PREFIX + v for v in deploy.read_config(folder)["models"]] if folder.exists() else []
-    return [*exported, *PYTORCH_MODELS]
+    mkd = []
+    for architecture in sorted(p.name for p in paths.MKD_DIR.glob("*") if p.is_dir()):
+        mkd.append(MKD_PREFIX + architecture)
+        mkd_folder = paths.mkd_export_dir(architecture) / task.name
+        if mkd_folder.exists():
+            mkd += [f"{MKD_PREFIX}{architecture}-{variant}" for variant in deploy.read_config(mkd_folder)["models"]]
+    return [*exported, *PYTORCH_MODELS, *mkd]
 
 
-def exported_model(folder: Path, variant: str, threads: int | None) -> LoadedModel:
-    """An exported variant run by onnxruntime (``pipeline.deploy``)."""
+def exported_model(folder: Path, variant: str, threads: int | None, name: str | None = None) -> LoadedModel:
+    """An exported variant run by onnxruntime (``pipeline.deploy``), named ``name`` (default ``student-<variant>``)."""
     runner = deploy.ExportedStudent(folder, variant, threads)
-
-    return LoadedModel(EXPORTED_PREFIX + variant, runner.logits, runner.token_counts, runner.max_length)
+    return LoadedModel(name or EXPORTED_PREFIX + variant, runner.logits, runner.token_counts, runner.max_length)
 
 
 def pytorch_student(name: str, model_dir: Path, task: Task) -> LoadedModel:
@@ -85,13 +93,14 @@ def pytorch_student(name: str, model_dir: Path, task: Task) -> LoadedModel:
     return LoadedModel(name, logits, token_counts, encoder.max_length)
 
 
-def pytorch_teacher(task: Task, params_path: Path) -> LoadedModel:
-    """The fine-tuned teacher (``teacher.*`` params); tokens counted with its special tokens (``[CLS] a [SEP] b [SEP]``)."""
+def pytorch_teacher(name: str, model_dir: Path, params_path: Path) -> LoadedModel:
+    """A fine-tuned teacher folder (``teacher.*`` params); tokens counted with its special tokens
+    (``[CLS] a [SEP] b [SEP]``)."""
     from pipeline.teacher import load_teacher, predict_logits
 
     params = load_params(params_path)
 
-    model, tokenizer = load_teacher(paths.teacher_dir(task.name))
+    model, tokenizer = load_teacher(model_dir)
 
     def token_counts(text_a: Sequence[str], text_b: Sequence[str] | None) -> np.ndarray:
         encoded = tokenizer(list(text_a), list(text_b) if text_b is not None else None, truncation=False)
@@ -101,7 +110,7 @@ def pytorch_teacher(task: Task, params_path: Path) -> LoadedModel:
         return predict_logits(model, tokenizer, text_a, text_b, batch_size, params.teacher.max_length,
                               params.score.precision)  # fmt: skip
 
-    return LoadedModel("teacher", logits, token_counts, params.teacher.max_length)
+    return LoadedModel(name, logits, token_counts, params.teacher.max_length)
 
 
 def load_model(name: str, task: Task, params_path: Path = DEFAULT_PARAMS_PATH, threads: int | None = None) -> LoadedModel:
@@ -115,12 +124,31 @@ def load_model(name: str, task: Task, params_path: Path = DEFAULT_PARAMS_PATH, t
         if name not in model_choices(task, folder):
             raise UnknownModelError(f"{folder}: no exported variant {name!r}; choose one of: {', '.join(model_choices(task, folder))}")
         return exported_model(folder, name.removeprefix(EXPORTED_PREFIX), threads)
-    if name == "teacher":
-        return pytorch_teacher(task, params_path)
+    if name in ("teacher", "mt_teacher"):
+        model_dir = paths.teacher_dir(task.name) if name == "teacher" else paths.mt_teacher_dir(task.name)
+        return pytorch_teacher(name, model_dir, params_path)
+    if name.startswith(MKD_PREFIX):
+        return mkd_model(name, task, threads)
     if name in ("student", "baseline"):
         model_dir = paths.student_dir(task.name) if name == "student" else paths.baseline_dir(task.name)
         return pytorch_student(name, model_dir, task)
     raise UnknownModelError(f"unknown model {name!r}; choose one of: {', '.join(model_choices(task))}")
+
+
+def mkd_model(name: str, task: Task, threads: int | None) -> LoadedModel:
+    """``mkd_<architecture>`` (PyTorch: the task's fine-tuned student, else the joint one) or
+    ``mkd_<architecture>-<variant>`` (exported, onnxruntime)."""
+    architecture, _, variant = name.removeprefix(MKD_PREFIX).partition("-")
+    if variant:
+        folder = paths.mkd_export_dir(architecture) / task.name
+        if not folder.exists():
+            raise FileNotFoundError(f"{folder}: no exported MKD student (run: dvc repro export_mkd@{architecture})")
+        return exported_model(folder, variant, threads, name)
+    root = paths.mkd_dir(architecture)
+    model_dir = root / task.name if (root / task.name).is_dir() else root / "multitask"
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"{model_dir}: no MKD student (run: dvc repro mkd@{architecture})")
+    return pytorch_student(name, model_dir, task)
 
 
 LineError = tuple[int, str]  # (line number, problem)

@@ -148,3 +148,26 @@ def test_parse_lines_keeps_line_numbers_and_rejects_bad_bytes():
     assert errors == [(2, "not valid UTF-8 (invalid start byte at byte 4)")]
     assert parse_lines(b"", task) == ([], [], [])
     assert parse_lines(b"last line without newline", task)[0] == [1]
+
+
+def test_mkd_students_predict_by_name(project, monkeypatch, tiny_bert_dir):
+    """An MKD student of any architecture predicts as ``mkd_<architecture>`` (PyTorch; the task's fine-tuned model,
+    else the joint one) and ``mkd_<architecture>-<variant>`` (exported), with the same probabilities."""
+    model, encoder = build_student(tiny_bert_dir, ["sst2", "mrpc"], max_length=MAX_LENGTH)
+    save_student(model, encoder, project / paths.mkd_dir("bilstm") / "multitask", {})
+    write_export(model, encoder, get_task("mrpc"), _mkd_export(project, "bilstm", "mrpc"), ExportParams(variants=[]), {})
+    stdin = "".join(f"{a}\t{b}\n" for a, b in zip(texts(4, 3), texts(4, 4))).encode()
+    outputs = {}
+    for name in ("mkd_bilstm", "mkd_bilstm-onnx"):
+        result = predict_cli(project, monkeypatch, "--task", "mrpc", "--model", name, stdin=stdin)
+        assert result.exit_code == 0, result.output
+        outputs[name] = [list(r["probabilities"].values()) for r in records(result.stdout)]
+    np.testing.assert_allclose(outputs["mkd_bilstm"], outputs["mkd_bilstm-onnx"], atol=1e-5)
+    missing = predict_cli(project, monkeypatch, "--task", "mrpc", "--model", "mkd_transformer", stdin=stdin)
+    assert missing.exit_code == 1 and "mkd/transformer/multitask: no MKD student" in missing.output
+
+
+def _mkd_export(project: Path, architecture: str, task_name: str) -> Path:
+    folder = project / paths.mkd_export_dir(architecture) / task_name
+    folder.mkdir(parents=True)
+    return folder
