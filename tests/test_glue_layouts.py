@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.augment import MASK_TOKEN, build_transfer_set, load_tagger
+from pipeline.augment import MASK_TOKEN, build_transfer_set, load_tagger, tag_sentences
 from pipeline.params import GLUE_DIR_ENV, AugmentParams, Params
 from pipeline.prepare import GlueFormatError, read_glue_tsv, run_prepare
 from pipeline.schema import prepared_schema
@@ -160,6 +161,11 @@ def nlp():
     return load_tagger(AugmentParams().spacy_model, "tag")
 
 
+def _tagger(nlp, params: AugmentParams):
+    """The default spaCy tagger, reusing the module's loaded pipeline."""
+    return functools.partial(tag_sentences, nlp=nlp, params=params)
+
+
 def _tokens(nlp, text: str) -> list[str]:
     return [token.text for token in nlp(text) if not token.is_space]
 
@@ -179,7 +185,7 @@ def test_pair_augmentation_keeps_pairs_together(name, pair_mode, glue_env, tmp_p
     prepared = pq.read_table(tmp_path / "prepared" / name / "train.parquet")
     n_iter = 6
     params = AugmentParams(n_iter_pair=n_iter, p_mask=0.4, p_pos=0.0, p_ng=0.0, pair_mode=pair_mode)
-    transfer = build_transfer_set(prepared, task, params, seed=3, nlp=nlp).to_pylist()
+    transfer = build_transfer_set(prepared, task, params, seed=3, tagger=_tagger(nlp, params)).to_pylist()
 
     originals = {row["id"]: row for row in prepared.to_pylist()}
     assert [(r["source_id"], r["text_a"], r["text_b"]) for r in transfer if r["is_original"]] == [
@@ -213,7 +219,7 @@ def test_paper_pair_mode_cycles_first_second_both(glue_env, tmp_path, nlp):
     run_prepare(task, Params(), tmp_path / "prepared")
     prepared = pq.read_table(tmp_path / "prepared" / "qqp" / "train.parquet")
     params = AugmentParams(n_iter_pair=3, p_mask=1.0, p_pos=0.0, p_ng=0.0, pair_mode="paper")
-    transfer = build_transfer_set(prepared, task, params, seed=0, nlp=nlp).to_pylist()
+    transfer = build_transfer_set(prepared, task, params, seed=0, tagger=_tagger(nlp, params)).to_pylist()
 
     originals = {row["id"]: row for row in prepared.to_pylist()}
     variants: dict[int, list[tuple[str, str]]] = {source_id: [] for source_id in originals}
