@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -31,6 +32,7 @@ def run_repro(extra_args: list[str], log_path: Path) -> tuple[dict[str, float], 
         process = subprocess.Popen(
             [sys.executable, "-m", "dvc", "repro", *extra_args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # DVC's lines must arrive as stages start, not in blocks
         )  # fmt: skip
         assert process.stdout is not None
         for line in process.stdout:
