@@ -22,8 +22,8 @@ import torch
 from pipeline.batching import bucket_batches
 from pipeline.params import load_params
 from pipeline.prepare import read_glue_tsv
-from pipeline.student.biattentive import BiattentiveStudent
 from pipeline.student.base import count_parameters
+from pipeline.student.biattentive import BiattentiveStudent
 from pipeline.tasks import get_task
 from pipeline.teacher import resolve_checkpoint
 

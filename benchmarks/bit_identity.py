@@ -68,7 +68,8 @@ def score_workload(rows: int, batch_size: int) -> np.ndarray:
     from pipeline.teacher import resolve_checkpoint
 
     task, params = get_task("sst2"), load_params()
-    params = params.model_copy(update={"score": params.score.model_copy(update={"batch_size": batch_size, "precision": "fp32"})})
+    score = params.score.model_copy(update={"batch_size": batch_size, "precision": "fp32"})
+    params = params.model_copy(update={"score": score})
     checkpoint = resolve_checkpoint(params.teacher.checkpoint)
     seed_everything(params.seed)
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=task.num_outputs).eval()
@@ -83,7 +84,8 @@ def train_workload(rows: int) -> np.ndarray:
     from pipeline.io import write_parquet
     from pipeline.params import load_params
     from pipeline.prepare import read_glue_tsv
-    from pipeline.student.train import MODEL_FILE, train_baseline
+    from pipeline.student.architectures import MODEL_FILE
+    from pipeline.student.train import train_baseline
     from pipeline.tasks import get_task
     from pipeline.teacher import resolve_checkpoint
 
@@ -95,7 +97,7 @@ def train_workload(rows: int) -> np.ndarray:
         write_parquet(read_glue_tsv(task, glue / "train.tsv").slice(0, rows), prepared / task.name / "train.parquet")
         write_parquet(read_glue_tsv(task, glue / "dev.tsv").slice(0, DEV_ROWS), prepared / task.name / "dev.parquet")
         teacher = Path(resolve_checkpoint(params.teacher.checkpoint))
-        train_baseline(task, params, prepared, teacher, out, Path(tmp) / "curve.csv")
+        train_baseline(task, params, prepared, teacher, out, Path(tmp) / "dvclive")
         state = torch.load(out / MODEL_FILE, weights_only=True)
     return np.concatenate([value.float().numpy().ravel() for value in state.values()])
 
@@ -166,7 +168,8 @@ def main() -> None:
             identical = result.shape == reference.shape and result.tobytes() == reference.tobytes()
             difference = float(np.abs(result.astype(np.float64) - reference).max())
             capability = done.stdout.strip().splitlines()[-1]
-            print(f"{name:<44} {capability:<8} {digest:<12} {'yes' if identical else 'no':<9} {difference:.3g}", flush=True)
+            same = "yes" if identical else "no"
+            print(f"{name:<44} {capability:<8} {digest:<12} {same:<9} {difference:.3g}", flush=True)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,9 @@ class SingleTask(torch.nn.Module):
         return self.model(TASK.name, {IDS: ids, f"{IDS}_lengths": ids_lengths, TYPE_IDS: type_ids})
 
 
-def onnx_predictor(model: TransformerStudent, encoder: TransformerEncoder, path: Path, threads: int) -> Callable[[list[str]], None]:
+def onnx_predictor(
+    model: TransformerStudent, encoder: TransformerEncoder, path: Path, threads: int
+) -> Callable[[list[str]], None]:
     """The student exported to ONNX (dynamic batch and time axes), run by onnxruntime at batch 1."""
     import onnxruntime as ort
 
@@ -86,7 +88,10 @@ def onnx_predictor(model: TransformerStudent, encoder: TransformerEncoder, path:
     (logits,) = session.run(None, {name: check[name].numpy() for name in names})
     with torch.inference_mode():
         expected = model(TASK.name, check).numpy()
-    print(f"  onnxruntime vs torch, {len(model.bert.encoder.layer)} layers, padded batch: max |diff| {np.abs(logits - expected).max():.2e}")
+    print(
+        f"  onnxruntime vs torch, {len(model.bert.encoder.layer)} layers, padded batch: "
+        f"max |diff| {np.abs(logits - expected).max():.2e}"
+    )
 
     def run(texts: list[str]) -> None:
         inputs = encoder.encode_inputs(texts, None)
@@ -139,7 +144,8 @@ def student_breakdown(
         t4 = clock()
         model.heads[TASK.name](model.dropout(model.bert.pooler(hidden))).numpy()
         t5 = clock()
-        for key, span in zip(["batch", "embeddings", "mask", "layers", "pooler+head"], [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4], strict=True):
+        spans = [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4]
+        for key, span in zip(["batch", "embeddings", "mask", "layers", "pooler+head"], spans, strict=True):
             totals[key] += span
     return {key: 1000 * value / len(texts) for key, value in totals.items()}
 
@@ -165,8 +171,11 @@ def teacher_breakdown(
     return {key: 1000 * value / len(texts) for key, value in totals.items()}
 
 
-def training_rate(model: TransformerStudent, encoder: TransformerEncoder, texts: list[str], batch_size: int, steps: int) -> dict[str, float]:
-    """Rows per wall and per CPU second of forward + backward + AdamW step, and the optimiser step's share of the time."""
+def training_rate(
+    model: TransformerStudent, encoder: TransformerEncoder, texts: list[str], batch_size: int, steps: int
+) -> dict[str, float]:
+    """Rows per wall and per CPU second of forward + backward + AdamW step, and the optimiser step's share of the
+    time."""
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
     inputs = encoder.encode_inputs(texts, None)
@@ -206,7 +215,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    texts = read_glue_tsv(TASK, args.glue_dir / TASK.glue_dir_name / "dev.tsv").column("text_a").to_pylist()[: args.sentences]
+    dev = read_glue_tsv(TASK, args.glue_dir / TASK.glue_dir_name / "dev.tsv")
+    texts = dev.column("text_a").to_pylist()[: args.sentences]
     teacher_dir = Path(resolve_checkpoint(Params().teacher.checkpoint))
     max_length = Params().teacher.max_length
 
@@ -234,11 +244,15 @@ def main() -> None:
                 quantize_dynamic(teacher, {torch.nn.Linear}, dtype=torch.qint8), tokenizer, max_length
             )
             model, encoder = students["student 3L"]
-            predictors["student 3L int8"] = student_predictor(quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8), encoder)
+            predictors["student 3L int8"] = student_predictor(
+                quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8), encoder
+            )
             with tempfile.TemporaryDirectory() as tmp:
                 for name in [n for n in ("student 3L", "student 6L") if n in students]:
                     model, encoder = students[name]
-                    predictors[f"{name} onnxruntime"] = onnx_predictor(model, encoder, Path(tmp) / "m.onnx", args.threads)
+                    predictors[f"{name} onnxruntime"] = onnx_predictor(
+                        model, encoder, Path(tmp) / "m.onnx", args.threads
+                    )
         rates = interleaved(predictors, texts, args.rounds)
         base = rates["teacher 6L (HF)"]
         print("\nbatch 1, tokenisation included: sentences/s per round by wall clock [by process CPU time]; "
@@ -253,11 +267,13 @@ def main() -> None:
         clock = time.process_time if args.threads == 1 else time.perf_counter
         print(f"\nbatch-1 breakdown, ms per sentence ({clock.__name__})")
         print("  student 3L:", {k: round(v, 3) for k, v in student_breakdown(model, encoder, texts, clock).items()})
-        print("  teacher 6L:", {k: round(v, 3) for k, v in teacher_breakdown(teacher, tokenizer, texts, max_length, clock).items()})
+        teacher_times = teacher_breakdown(teacher, tokenizer, texts, max_length, clock)
+        print("  teacher 6L:", {k: round(v, 3) for k, v in teacher_times.items()})
 
     model, encoder = students["student 3L"]
     print(f"load average {os.getloadavg()[0]:.1f}")
-    print(f"\ntraining at batch 32 (3L, AdamW, all parameters): {training_rate(model, encoder, texts, 32, args.train_steps)}")
+    rate = training_rate(model, encoder, texts, 32, args.train_steps)
+    print(f"\ntraining at batch 32 (3L, AdamW, all parameters): {rate}")
 
 
 if __name__ == "__main__":

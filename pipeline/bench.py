@@ -69,7 +69,8 @@ def bench_teacher(
         return *load_teacher(teacher_dir), str(teacher_dir)
     checkpoint = resolve_checkpoint(params.teacher.checkpoint)
     seed_everything(params.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=task.num_outputs).to(pick_device())
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=task.num_outputs)
+    model = model.to(pick_device())
     return model.eval(), AutoTokenizer.from_pretrained(checkpoint), f"{params.teacher.checkpoint} (fresh head)"
 
 
@@ -168,7 +169,9 @@ def with_precision(params: Params, precision: str) -> Params:
     return params.model_copy(update={"score": params.score.model_copy(update={"precision": precision})})
 
 
-def _settings(task: Task, params: Params, device: torch.device, table: pa.Table, threads: int, repeats: int) -> dict[str, Any]:
+def _settings(
+    task: Task, params: Params, device: torch.device, table: pa.Table, threads: int, repeats: int
+) -> dict[str, Any]:
     return {
         "task": task.name,
         "sentences": table.num_rows,
@@ -226,7 +229,9 @@ def run_bench(task: Task, params: Params, model: PreTrainedModel, tokenizer: Pre
         "precision": params.score.precision,
         "autocast": _dtype_name(dtype),
         "sentences_per_second": {
-            "ceiling": summarize(ceiling[best_size]), "ours": summarize(rates["ours"]), "naive": summarize(rates["naive"]),
+            "ceiling": summarize(ceiling[best_size]),
+            "ours": summarize(rates["ours"]),
+            "naive": summarize(rates["naive"]),
         },
         "ceiling_batch_size": best_size,
         "ceiling_by_batch_size": {str(size): summarize(size_rates) for size, size_rates in ceiling.items()},
@@ -261,7 +266,8 @@ def run_precision_bench(task: Task, params: Params, model: PreTrainedModel, toke
 
     def scorer(precision: str, rows: pa.Table) -> Callable[[], None]:
         def run() -> None:
-            logits[precision] = logits_matrix(score_table(task, rows, model, tokenizer, with_precision(params, precision)))
+            scored = score_table(task, rows, model, tokenizer, with_precision(params, precision))
+            logits[precision] = logits_matrix(scored)
         return run
 
     reference = "fp32"

@@ -81,7 +81,9 @@ def pytorch_breakdown(
 def embed(model: BiLSTMStudent, ids: torch.Tensor) -> torch.Tensor:
     """The LSTM input: frozen and trainable embeddings, concatenated."""
     embedded = model.embedding(ids)
-    return torch.cat([model.frozen_embedding(ids), embedded], dim=-1) if model.frozen_embedding is not None else embedded
+    if model.frozen_embedding is None:
+        return embedded
+    return torch.cat([model.frozen_embedding(ids), embedded], dim=-1)
 
 
 def _recurrence_only(lstm: nn.LSTM) -> nn.LSTM:
@@ -96,7 +98,9 @@ def _max_pool(outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return outputs.masked_fill(~real[..., None], float("-inf")).max(dim=1).values
 
 
-def onnx_breakdown(folder: Path, variant: str, sentences: Sequence[str], threads: int, repeats: int) -> dict[str, float]:
+def onnx_breakdown(
+    folder: Path, variant: str, sentences: Sequence[str], threads: int, repeats: int
+) -> dict[str, float]:
     """Microseconds per sentence at batch size 1: tokeniser, ops by type, ``session.run``'s fixed cost, Python glue.
 
     The profiler inflates what it times, so it only apportions: the measured ``session.run`` time minus the fixed
@@ -114,7 +118,8 @@ def onnx_breakdown(folder: Path, variant: str, sentences: Sequence[str], threads
     fixed_us = best_mean_us(lambda feed: trivial.run(None, feed), feeds, repeats)
     by_op = profile_ops(folder / runner.config["models"][variant], feeds, threads)
     profiled = sum(by_op.values())
-    parts.update({f"op {op}": (run_us - fixed_us) * us / profiled for op, us in sorted(by_op.items(), key=lambda kv: -kv[1])})
+    by_time = sorted(by_op.items(), key=lambda kv: -kv[1])
+    parts.update({f"op {op}": (run_us - fixed_us) * us / profiled for op, us in by_time})
     parts["onnxruntime call overhead"] = fixed_us
     total = best_mean_us(lambda s: runner.logits([s], None, 1), sentences, repeats)
     parts["Python glue (arrays, batching)"] = total - run_us - parts["tokeniser"]
@@ -164,8 +169,8 @@ def run_bench(
     if not isinstance(model, BiLSTMStudent):
         raise TypeError(f"bench student breaks down BiLSTM students; this one is {model.architecture!r}")
     torch.set_num_threads(threads)
-    report: dict[str, Any] = {"sentences": len(sentences), "threads": threads,
-                              "mean_tokens": float(np.mean([len(ids) for ids in encoder.encode(sentences)]))}  # fmt: skip
+    mean_tokens = float(np.mean([len(ids) for ids in encoder.encode(sentences)]))
+    report: dict[str, Any] = {"sentences": len(sentences), "threads": threads, "mean_tokens": mean_tokens}
     report["pytorch"] = pytorch_breakdown(model, encoder, task, sentences, repeats)
     for variant in deploy.read_config(export_folder)["models"]:
         report[f"onnx {variant}"] = onnx_breakdown(export_folder, variant, sentences, threads, repeats)

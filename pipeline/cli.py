@@ -256,7 +256,7 @@ def export_mkd(
 def predict(
     task: TaskOption,
     input_path: Annotated[Path, typer.Argument(metavar="[FILE]", help="sentences, one per line (pairs: two "
-                                                                       "tab-separated columns); - = stdin")] = Path("-"),
+                                               "tab-separated columns); - = stdin")] = Path("-"),
     model: Annotated[str, typer.Option(help="student-onnx | student-int8 | student-table (exported, onnxruntime); "
                                             "student | baseline | teacher | mt_teacher (PyTorch); MKD students: "
                                             "mkd_<architecture> (PyTorch) or mkd_<architecture>-<variant> "
@@ -264,7 +264,9 @@ def predict(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="JSON lines file (default: stdout)")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
     threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads (default: all cores)")] = None,
-    truncate: Annotated[bool, typer.Option(help="cut over-long inputs to the model's length instead of failing")] = False,
+    truncate: Annotated[
+        bool, typer.Option(help="cut over-long inputs to the model's length instead of failing")
+    ] = False,
     params: Annotated[Path, typer.Option(help="params file (read for the teacher only)")] = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Label and class probabilities (STS-B: score) per input line, as JSON lines; any invalid line fails the run."""
@@ -407,7 +409,8 @@ def _bench_inputs(
         model, tokenizer, teacher_source = bench_teacher(spec, hp, teacher_dir)
         table, source = bench_sentences(spec, hp, sentences)
         command = shlex.join(["python", "-m", "pipeline", *sys.argv[1:]])
-        yield spec, hp, model, tokenizer, table, {"teacher": teacher_source, "sentences_source": source, "command": command}
+        sources = {"teacher": teacher_source, "sentences_source": source, "command": command}
+        yield spec, hp, model, tokenizer, table, sources
 
 
 def _bench_output(report: dict[str, Any], formatter: Callable[[dict[str, Any]], str], json_path: Path | None) -> None:
@@ -423,8 +426,12 @@ def bench_student(
     task: TaskOption,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
     sentences: Annotated[int, typer.Option(min=1, help="dev sentences timed one at a time")] = 256,
-    threads: Annotated[int | None, typer.Option(min=1, help="torch/onnxruntime threads (default: evaluate.threads)")] = None,
-    repeats: Annotated[int | None, typer.Option(min=1, help="timed passes, best counts (default: evaluate.speed_repeats)")] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch/onnxruntime threads (default: evaluate.threads)")
+    ] = None,
+    repeats: Annotated[
+        int | None, typer.Option(min=1, help="timed passes, best counts (default: evaluate.speed_repeats)")
+    ] = None,
     json_path: JsonOption = None,
 ) -> None:
     """Where the BiLSTM student's time goes at batch size 1 (PyTorch parts, onnxruntime ops per exported variant)."""

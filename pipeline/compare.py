@@ -46,8 +46,9 @@ def compare(params: Params) -> dict[str, Any]:
     """Evaluate every model on every task's dev split(s); summarise scores, averages, sizes and speed ratios."""
     tasks = [get_task(name) for name in params.tasks]
     reports = {
-        task.name: evaluate_models(task, params, {**single_task_models(task, params), **multi_task_models(task, params)},
-                                   dev_splits(task))
+        task.name: evaluate_models(
+            task, params, {**single_task_models(task, params), **multi_task_models(task, params)}, dev_splits(task)
+        )
         for task in tasks
     }  # fmt: skip
     models = reports[tasks[0].name]["models"]
@@ -115,7 +116,8 @@ def markdown_report(summary: dict[str, Any]) -> str:
     for model in summary["models"]:
         sizes = reports[speed_task]["parameters"][model]
         ratios = summary["speed_over_single_teacher"][model][speed_task]
-        cells = [display_name(model), *(f"{sizes[key]:,}" if key in sizes else "-" for key in ("total", "without_embeddings"))]
+        counts = (f"{sizes[key]:,}" if key in sizes else "-" for key in ("total", "without_embeddings"))
+        cells = [display_name(model), *counts]
         cells.append(f"{sizes['bytes'] / 1e6:.1f}")
         cells += [f"{speed[key][model]['median']:.1f}" for key in keys] + [f"{ratios[key]:.1f}x" for key in keys]
         lines.append("| " + " | ".join(cells) + " |")

@@ -84,7 +84,9 @@ class ExportedStudent:
             encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
         return [encoding.ids or [self.unk_id] for encoding in encodings]
 
-    def encode(self, text_a: Sequence[str], text_b: Sequence[str] | None, truncate: bool = True) -> list[list[list[int]]]:
+    def encode(
+        self, text_a: Sequence[str], text_b: Sequence[str] | None, truncate: bool = True
+    ) -> list[list[list[int]]]:
         """Token ids per model input (``ids[k][row]``): a list per text, or for a joint encoding the ids of
         ``[CLS] a [SEP] (b [SEP])`` and their segment ids (truncated longest-first to ``max_length``)."""
         if not self.joint:
@@ -114,7 +116,9 @@ class ExportedStudent:
         Rows are batched by length (longest first) and right-padded; the result is in input order.
         """
         if len(ids) != len(self.inputs):
-            raise ValueError(f"expected {len(self.inputs)} token lists per row ({', '.join(self.inputs)}), got {len(ids)}")
+            raise ValueError(
+                f"expected {len(self.inputs)} token lists per row ({', '.join(self.inputs)}), got {len(ids)}"
+            )
         rows = len(ids[0])
         lengths = np.array([[min(len(row), self.max_length) for row in column] for column in ids], dtype=np.int64)
         order = np.argsort(-lengths.max(axis=0), kind="stable")

@@ -43,7 +43,8 @@ class LoadedModel:
     """A model ready to score texts (``predict(text_a, text_b, batch_size) -> logits``) and its size."""
 
     predict: Predictor
-    parameters: dict[str, int]  # "bytes" (fp32 weights, or the ONNX file); PyTorch models: "total", "without_embeddings"
+    # "bytes" (fp32 weights, or the ONNX file); PyTorch models: "total", "without_embeddings"
+    parameters: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ def exported_sources(folder: Path, threads: int, prefix: str = EXPORTED_PREFIX) 
 
         return ModelSource(folder, load)
 
-    return {prefix + variant: source(variant, file_name) for variant, file_name in deploy.read_config(folder)["models"].items()}
+    models = deploy.read_config(folder)["models"]
+    return {prefix + variant: source(variant, file_name) for variant, file_name in models.items()}
 
 
 def single_task_models(task: Task, params: Params) -> dict[str, ModelSource]:
@@ -175,7 +177,8 @@ def evaluate_models(
         text_a, text_b = table_texts(task, table)
         labels = table.column("label").to_numpy()
         quality[split] = {
-            name: compute_metrics(task, model.predict(text_a, text_b, batch_size), labels) for name, model in loaded.items()
+            name: compute_metrics(task, model.predict(text_a, text_b, batch_size), labels)
+            for name, model in loaded.items()
         }
 
     speed_table = next(iter(splits.values())).slice(0, params.evaluate.speed_examples)
@@ -225,7 +228,9 @@ def fastest(report: dict[str, Any], models: Sequence[str]) -> dict[str, str]:
     }
 
 
-def evaluate_splits(task: Task, params: Params, splits: dict[str, pa.Table], all_models: bool = False) -> dict[str, Any]:
+def evaluate_splits(
+    task: Task, params: Params, splits: dict[str, pa.Table], all_models: bool = False
+) -> dict[str, Any]:
     """The evaluate stage's report: teacher, KD student, baseline and the student's exported variants
     (``all_models``: plus every multi-task model that exists), with every student variant's size and speed ratios
     to the teacher and the fastest variant per batch size."""

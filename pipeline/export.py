@@ -126,7 +126,8 @@ def quantize_int8(source: Path, target: Path, params: ExportParams) -> None:
 
 def standalone_tokenizer(encoder: StudentEncoder) -> tuple[Tokenizer, dict[str, str]]:
     """A ``tokenizers`` Tokenizer reproducing ``encoder`` (without truncation) and the text replacements before it."""
-    if isinstance(encoder, WordPieceEncoder | TransformerEncoder):  # the teacher's tokenizer (with its [CLS]/[SEP] template)
+    # the teacher's tokenizer (with its [CLS]/[SEP] template)
+    if isinstance(encoder, WordPieceEncoder | TransformerEncoder):
         tokenizer = Tokenizer.from_str(encoder.tokenizer.backend_tokenizer.to_str())
         replace = {MASK_TOKEN: encoder.tokenizer.unk_token}
     elif isinstance(encoder, WordEncoder):  # pipeline.student.encoding.tokenize_words, then the word vocabulary
@@ -249,7 +250,9 @@ def export_student(
     """
     model, encoder = load_student(model_dir, torch.device("cpu"))
     if task.name not in model.tasks:
-        raise ExportError(f"{model_dir}: the student has no head for task {task.name} (it has {', '.join(model.tasks)})")
+        raise ExportError(
+            f"{model_dir}: the student has no head for task {task.name} (it has {', '.join(model.tasks)})"
+        )
     source = {
         "model_dir": str(model_dir), "architecture": model.architecture,
         "model_sha256": sha256_file(Path(model_dir) / MODEL_FILE),

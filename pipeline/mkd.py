@@ -75,7 +75,9 @@ def run_mkd(
         default=None,
     )
     tables = {
-        task.name: budgeted_rows(task, paths.shard_dir(task.name, params.mkd.teacher, logits_root), budget, params.seed, part)
+        task.name: budgeted_rows(
+            task, paths.shard_dir(task.name, params.mkd.teacher, logits_root), budget, params.seed, part
+        )
         for task in tasks
     }
     texts = itertools.chain.from_iterable(all_texts(task, tables[task.name]) for task in tasks)

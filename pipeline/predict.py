@@ -113,16 +113,22 @@ def pytorch_teacher(name: str, model_dir: Path, params_path: Path) -> LoadedMode
     return LoadedModel(name, logits, token_counts, params.teacher.max_length)
 
 
-def load_model(name: str, task: Task, params_path: Path = DEFAULT_PARAMS_PATH, threads: int | None = None) -> LoadedModel:
+def load_model(
+    name: str, task: Task, params_path: Path = DEFAULT_PARAMS_PATH, threads: int | None = None
+) -> LoadedModel:
     """The model called ``name`` (see ``model_choices``) for ``task``; ``threads`` sets onnxruntime's threads.
 
     ``params_path`` is read only for the teacher (its max length and precision)."""
     if name.startswith(EXPORTED_PREFIX):
         folder = paths.export_dir(task.name)
         if not folder.exists():
-            raise FileNotFoundError(f"{folder}: no exported student (run: python -m pipeline export --task {task.name})")
+            raise FileNotFoundError(
+                f"{folder}: no exported student (run: python -m pipeline export --task {task.name})"
+            )
         if name not in model_choices(task, folder):
-            raise UnknownModelError(f"{folder}: no exported variant {name!r}; choose one of: {', '.join(model_choices(task, folder))}")
+            raise UnknownModelError(
+                f"{folder}: no exported variant {name!r}; choose one of: {', '.join(model_choices(task, folder))}"
+            )
         return exported_model(folder, name.removeprefix(EXPORTED_PREFIX), threads)
     if name in ("teacher", "mt_teacher"):
         model_dir = paths.teacher_dir(task.name) if name == "teacher" else paths.mt_teacher_dir(task.name)

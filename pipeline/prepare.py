@@ -108,7 +108,8 @@ def _parse_row(
     needed = max([*text_indices, label_index]) + 1
     if len(fields) < needed:
         raise GlueFormatError(
-            f"{path}:{line_no}: expected at least {needed} tab-separated fields for task {task.name}, found {len(fields)}"
+            f"{path}:{line_no}: expected at least {needed} tab-separated fields for task {task.name}, "
+            f"found {len(fields)}"
         )
     texts = []
     for index, column in zip(text_indices, task.text_columns):

@@ -149,7 +149,9 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
-    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()), "max": float(values.max())}
+    return {
+        "mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()), "max": float(values.max())
+    }
 
 
 def _counts(task: Task, classes: np.ndarray) -> dict[str, int]:

@@ -79,12 +79,16 @@ def resolve_checkpoint(checkpoint: str) -> str:
         return checkpoint
     name = checkpoint.removeprefix(PACKAGED_PREFIX)
     if name not in PACKAGED_CHECKPOINTS:
-        raise ValueError(f"teacher.checkpoint: unknown packaged checkpoint {name!r}; known: {list(PACKAGED_CHECKPOINTS)}")
+        raise ValueError(
+            f"teacher.checkpoint: unknown packaged checkpoint {name!r}; known: {list(PACKAGED_CHECKPOINTS)}"
+        )
     module = __import__(PACKAGED_CHECKPOINTS[name])
     return str(module.get_model_path())
 
 
-def load_teacher(model_dir: Path | str, device: torch.device | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_teacher(
+    model_dir: Path | str, device: torch.device | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a fine-tuned teacher (model in eval mode, on ``device``) and its tokenizer."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
@@ -101,7 +105,9 @@ def teacher_fingerprint(model_dir: Path | str) -> str:
     return digest.hexdigest()
 
 
-def tokenize(tokenizer: PreTrainedTokenizerBase, text_a: Sequence[str], text_b: Sequence[str] | None, max_length: int) -> Encoded:
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase, text_a: Sequence[str], text_b: Sequence[str] | None, max_length: int
+) -> Encoded:
     """Unpadded ``input_ids`` (``[CLS] a [SEP] b [SEP]`` for pairs) plus ``token_type_ids`` where the model has them."""
     encoded = tokenizer(
         list(text_a), list(text_b) if text_b is not None else None,
@@ -115,7 +121,9 @@ def token_lengths(encoded: Encoded) -> list[int]:
     return [len(ids) for ids in encoded["input_ids"]]
 
 
-def batch_tensors(tokenizer: PreTrainedTokenizerBase, encoded: Encoded, rows: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
+def batch_tensors(
+    tokenizer: PreTrainedTokenizerBase, encoded: Encoded, rows: Sequence[int], device: torch.device
+) -> dict[str, torch.Tensor]:
     """The given rows of a ``tokenize`` result, padded (with attention mask) into tensors on ``device``."""
     padded = tokenizer.pad({key: [values[i] for i in rows] for key, values in encoded.items()}, return_tensors="pt")
     return {key: value.to(device) for key, value in padded.items()}
@@ -326,7 +334,9 @@ class FineTuning:
     def train_losses(self, loss_totals: dict[str, torch.Tensor]) -> dict[str, float]:
         """Mean training loss per row over all processes: per task, and over all tasks under ``""``."""
         totals = self.accelerator.reduce(torch.stack(list(loss_totals.values())), reduction="sum")
-        losses = {name: float(total[0] / total[1]) for name, total in zip(loss_totals, totals, strict=True) if total[1] > 0}
+        losses = {
+            name: float(total[0] / total[1]) for name, total in zip(loss_totals, totals, strict=True) if total[1] > 0
+        }
         overall = totals.sum(dim=0)
         return {"": float(overall[0] / overall[1]), **losses}
 

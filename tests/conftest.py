@@ -74,7 +74,9 @@ def tiny_params(glue_dir: Path, teacher_checkpoint: Path, **sections: dict) -> d
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["tasks"] = ["sst2"]
     params["data"]["glue_dir"] = str(glue_dir)
-    params["teacher"].update(checkpoint=str(teacher_checkpoint), epochs=2, batch_size=16, learning_rate=1e-3, max_length=32)
+    params["teacher"].update(
+        checkpoint=str(teacher_checkpoint), epochs=2, batch_size=16, learning_rate=1e-3, max_length=32
+    )
     params["augment"].update(n_iter_single=3, n_iter_pair=2)
     params["score"].update(batch_size=32, shard_rows=100, max_length=32)
     params["bilstm"].update(hidden_size=16, fc_hidden=16, max_length=16)

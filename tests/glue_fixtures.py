@@ -123,7 +123,11 @@ MNLI_GENRES = {
     "dev_mismatched": ("nineeleven", "facetoface", "letters", "oup", "verbatim"),
 }
 MNLI_LETTER = {"contradiction": "c", "entailment": "e", "neutral": "n"}
-STSB_GENRES = (("main-captions", "MSRvid", "2012test"), ("main-news", "headlines", "2013"), ("main-forums", "answers-forums", "2015"))
+STSB_GENRES = (
+    ("main-captions", "MSRvid", "2012test"),
+    ("main-news", "headlines", "2013"),
+    ("main-forums", "answers-forums", "2015"),
+)
 COLA_SOURCES = ("gj04", "bc01", "ks08", "r-67", "c-05")
 
 
@@ -141,7 +145,9 @@ def _header(task: Task, split: str) -> list[str] | None:
         "cola": None,
         "mrpc": ["\ufeffQuality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
         "qqp": ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
-        "stsb": ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"],
+        "stsb": [
+            "index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"
+        ],
         "mnli": [
             "index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
             "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1",
@@ -185,7 +191,9 @@ def split_path(glue_dir: Path, task_name: str, split: str) -> Path:
     return Path(glue_dir) / get_task(task_name).glue_dir_name / f"{split}.tsv"
 
 
-def write_task(glue_dir: Path, task_name: str, n_train: int = 40, n_dev: int = 16, seed: int = 0) -> dict[str, list[Example]]:
+def write_task(
+    glue_dir: Path, task_name: str, n_train: int = 40, n_dev: int = 16, seed: int = 0
+) -> dict[str, list[Example]]:
     """Write every split of ``task_name`` under ``glue_dir/<GLUE folder>/``; return the rows written, per split."""
     task = get_task(task_name)
     rng = random.Random(f"{task.name}-{seed}")
@@ -229,6 +237,8 @@ def drop_column(path: Path, column: str) -> None:
     lines = path.read_text(encoding="utf-8").split("\n")
     index = lines[0].split("\t").index(column)
     path.write_text(
-        "\n".join("\t".join(f for j, f in enumerate(line.split("\t")) if j != index) if line else line for line in lines),
+        "\n".join(
+            "\t".join(f for j, f in enumerate(line.split("\t")) if j != index) if line else line for line in lines
+        ),
         encoding="utf-8",
     )

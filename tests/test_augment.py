@@ -340,7 +340,9 @@ def test_nltk_tagger_without_its_data_says_how_to_get_it(monkeypatch) -> None:
         raise LookupError("Resource averaged_perceptron_tagger_eng not found.")
 
     monkeypatch.setattr(nltk, "pos_tag_sents", missing)
-    with pytest.raises(TaggerUnavailableError, match="python -m nltk.downloader averaged_perceptron_tagger_eng universal_tagset"):
+    with pytest.raises(
+        TaggerUnavailableError, match="python -m nltk.downloader averaged_perceptron_tagger_eng universal_tagset"
+    ):
         make_tagger(AugmentParams(tagger="nltk", pos_tagset="pos"))(["ok"])
 
 

@@ -1,4 +1,4 @@
-"""``bench score`` / ``bench precision`` on the tiny teacher: interleaved rounds, and numbers checked for consistency."""
+"""``bench score`` / ``bench precision`` on the tiny teacher: interleaved rounds, numbers checked for consistency."""
 
 import json
 import statistics
@@ -56,7 +56,9 @@ def check_consistent(report: dict, sentences: int, batch_sizes: list[int], repea
 def test_rounds_interleave_every_measurement_after_one_warm_up_each():
     calls = []
     measurements = {
-        name: Measurement(warm_up=lambda name=name: calls.append(f"warm {name}"), run=lambda name=name: calls.append(name))
+        name: Measurement(
+            warm_up=lambda name=name: calls.append(f"warm {name}"), run=lambda name=name: calls.append(name)
+        )
         for name in ("a", "b", "c")
     }
     rates = interleaved_rates(measurements, rows=10, repeats=3, device=torch.device("cpu"))
@@ -77,7 +79,9 @@ def test_bench_reports_three_rates_and_their_ratios(teacher_dir, task):
 
 def test_precision_bench_times_each_precision_and_compares_logits_with_fp32(teacher_dir):
     model, tokenizer = load_teacher(teacher_dir, torch.device("cpu"))
-    report = run_precision_bench(SST2, params_with(), model, tokenizer, transfer_table(SST2, 48), ["bf16"], 1, repeats=2)
+    report = run_precision_bench(
+        SST2, params_with(), model, tokenizer, transfer_table(SST2, 48), ["bf16"], 1, repeats=2
+    )
     fp32, bf16 = report["precisions"]["fp32"], report["precisions"]["bf16"]
     for result in (fp32, bf16):
         check_summary(result["sentences_per_second"], 2)
@@ -91,9 +95,13 @@ def test_precision_bench_times_each_precision_and_compares_logits_with_fp32(teac
 
 
 def test_precision_bench_on_regression_has_no_argmax(tiny_bert_dir, tmp_path):
-    model, tokenizer = load_teacher(save_tiny_teacher(tiny_bert_dir, tmp_path / "stsb", num_labels=1), torch.device("cpu"))
-    report = run_precision_bench(STSB, params_with(), model, tokenizer, transfer_table(STSB, 16), ["bf16"], 1, repeats=1)
-    assert set(report["precisions"]["bf16"]["logits_vs_fp32"]) == {"max_abs_diff", "mean_abs_diff", "mean_abs_reference"}
+    teacher_dir = save_tiny_teacher(tiny_bert_dir, tmp_path / "stsb", num_labels=1)
+    model, tokenizer = load_teacher(teacher_dir, torch.device("cpu"))
+    report = run_precision_bench(
+        STSB, params_with(), model, tokenizer, transfer_table(STSB, 16), ["bf16"], 1, repeats=1
+    )
+    differences = report["precisions"]["bf16"]["logits_vs_fp32"]
+    assert set(differences) == {"max_abs_diff", "mean_abs_diff", "mean_abs_reference"}
 
 
 def test_sentences_come_from_transfer_set_else_prepared_else_glue(tmp_path, monkeypatch, glue_dir):
@@ -104,7 +112,8 @@ def test_sentences_come_from_transfer_set_else_prepared_else_glue(tmp_path, monk
     assert source == str(glue_dir / "SST-2" / "train.tsv") and table.num_rows == 10
     assert table.schema == transfer_schema(SST2) and all(table["is_original"].to_pylist())
 
-    prepared = transfer_table(SST2, 30).filter(transfer_table(SST2, 30)["is_original"]).select(prepared_schema(SST2).names)
+    transfer = transfer_table(SST2, 30)
+    prepared = transfer.filter(transfer["is_original"]).select(prepared_schema(SST2).names)
     write_parquet(prepared.cast(prepared_schema(SST2)), tmp_path / "data/prepared/sst2/train.parquet")
     table, source = bench_sentences(SST2, params, 100)
     assert source == "data/prepared/sst2/train.parquet" and table.num_rows == 10
@@ -126,8 +135,8 @@ def test_bench_commands_print_and_save_the_numbers(teacher_dir, tmp_path, monkey
     report = json.loads((tmp_path / "bench.json").read_text())
     check_consistent(report, 40, [8, 16], repeats=2)
     assert report["command"].startswith("python -m pipeline") and report["teacher"] == str(teacher_dir)
-    for line in ("ceiling (forward only", "ours (score_table + Parquet", "naive (transformers pipeline", "ours/ceiling: ",
-                 "rounds: 2 (interleaved"):
+    for line in ("ceiling (forward only", "ours (score_table + Parquet", "naive (transformers pipeline",
+                 "ours/ceiling: ", "rounds: 2 (interleaved"):
         assert line in result.stdout
     assert CliRunner().invoke(app, [*args[:-2], "--batch-sizes", "8,x"]).exit_code == 2
 

@@ -14,10 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.params import BiattentiveParams, Params, load_params
-from pipeline.student.base import Batch
+from pipeline.student.base import Batch, count_parameters
 from pipeline.student.biattentive import BiattentiveStudent
 from pipeline.student.encoding import WordEncoder, WordPieceEncoder
-from pipeline.student.base import count_parameters
 from pipeline.tasks import get_task
 from tests.conftest import REPO_ROOT
 

@@ -45,7 +45,9 @@ def texts(n: int, seed: int) -> list[str]:
     return out + ["good"]
 
 
-def build_student(tiny_bert_dir: Path, task_names: list[str], seed: int = 0, **bilstm: object) -> tuple[BiLSTMStudent, object]:
+def build_student(
+    tiny_bert_dir: Path, task_names: list[str], seed: int = 0, **bilstm: object
+) -> tuple[BiLSTMStudent, object]:
     torch.manual_seed(seed)
     params = Params(bilstm=BiLSTMParams(**{"hidden_size": 8, "fc_hidden": 8, "max_length": 16, **bilstm}))
     model, encoder = BiLSTMStudent.build(params, [get_task(t) for t in task_names], tiny_bert_dir, texts(50, 1), seed)
@@ -133,7 +135,8 @@ def test_word_vocabulary_encoder_is_reproduced_by_the_standalone_tokenizer():
     encoder = WordEncoder(build_word_vocab(sample[:20], min_freq=1), max_length=64)
     tokenizer, replace = standalone_tokenizer(encoder)
     assert replace == {}
-    assert [tokenizer.encode(t, add_special_tokens=False).ids or [encoder.unk_id] for t in sample] == encoder.encode(sample)
+    encoded = [tokenizer.encode(t, add_special_tokens=False).ids or [encoder.unk_id] for t in sample]
+    assert encoded == encoder.encode(sample)
 
 
 def test_wordpiece_encoder_is_reproduced_by_the_standalone_tokenizer(tiny_bert_dir):

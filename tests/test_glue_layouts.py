@@ -129,7 +129,9 @@ def test_row_with_too_few_fields_names_file_and_line(name, glue_env):
     path = split_path(glue_env, name, "train")
     line = data_line_no(name, 5)
     edit_line(path, line, lambda fields: fields[:1])
-    with pytest.raises(GlueFormatError, match=rf"^{path}:{line}: expected at least \d+ tab-separated fields for task {name}, found 1$"):
+    with pytest.raises(
+        GlueFormatError, match=rf"^{path}:{line}: expected at least \d+ tab-separated fields for task {name}, found 1$"
+    ):
         read_glue_tsv(task, path)
 
 
@@ -139,7 +141,9 @@ def test_qqp_question_broken_by_a_newline_names_file_and_line(glue_env):
     path = split_path(glue_env, "qqp", "train")
     line = data_line_no("qqp", 3)
     edit_line(path, line, lambda f: [*f[:4], "Why is the film\nso dull?", f[5]])
-    with pytest.raises(GlueFormatError, match=rf"^{path}:{line}: expected at least 6 tab-separated fields for task qqp, found 5$"):
+    with pytest.raises(
+        GlueFormatError, match=rf"^{path}:{line}: expected at least 6 tab-separated fields for task qqp, found 5$"
+    ):
         read_glue_tsv(get_task("qqp"), path)
 
 
@@ -149,7 +153,9 @@ def test_mnli_label_outside_the_set_names_file_and_line(split, glue_env, tmp_pat
     path = split_path(glue_env, "mnli", split)
     line = data_line_no("mnli", 4)
     edit_line(path, line, lambda fields: [*fields[:-1], "-"])
-    with pytest.raises(GlueFormatError, match=rf"^{path}:{line}: label '-' is not one of \['contradiction', 'entailment', 'neutral'\]"):
+    with pytest.raises(
+        GlueFormatError, match=rf"^{path}:{line}: label '-' is not one of \['contradiction', 'entailment', 'neutral'\]"
+    ):
         run_prepare(get_task("mnli"), Params(), tmp_path / "prepared")
 
 
@@ -177,7 +183,9 @@ def _is_masked_copy(nlp, new: str, original: str) -> bool:
     return len(new_tokens) == len(old) and all(n in (o, MASK_TOKEN) for n, o in zip(new_tokens, old))
 
 
-@pytest.mark.parametrize(("name", "pair_mode"), [("qqp", "paper"), ("stsb", "paper"), ("mnli", "paper"), ("mrpc", "code")])
+@pytest.mark.parametrize(
+    ("name", "pair_mode"), [("qqp", "paper"), ("stsb", "paper"), ("mnli", "paper"), ("mrpc", "code")]
+)
 def test_pair_augmentation_keeps_pairs_together(name, pair_mode, glue_env, tmp_path, nlp):
     task = get_task(name)
     write_task(glue_env, name, n_train=30)

@@ -15,7 +15,9 @@ import yaml
 from tests.conftest import copy_project, init_project, tiny_params, write_sst2
 
 STAGE_RUN = re.compile(r"Running stage '([^']+)'")
-MKD_STAGES = {f"{stage}@{student}" for stage in ("mkd", "export_mkd") for student in ("biattentive", "transformer", "bilstm")}
+MKD_STAGES = {
+    f"{stage}@{student}" for stage in ("mkd", "export_mkd") for student in ("biattentive", "transformer", "bilstm")
+}
 MULTI_TASK_STAGES = {"mt_teacher", *MKD_STAGES, "compare"}
 
 
@@ -140,7 +142,9 @@ def test_bad_params_fail_cleanly_without_outputs(project, tmp_path):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["augment"]["p_maks"] = 0.3
     bad.write_text(yaml.safe_dump(params))
-    result = run([sys.executable, "-m", "pipeline", "augment", "--task", "sst2", "--params", str(bad)], project, check=False)
+    result = run(
+        [sys.executable, "-m", "pipeline", "augment", "--task", "sst2", "--params", str(bad)], project, check=False
+    )
     assert result.returncode == 1
     assert f"error: {bad}: augment.p_maks: Extra inputs are not permitted" in result.stderr
     assert "Traceback" not in result.stderr
@@ -155,8 +159,10 @@ def test_bad_glue_file_fails_cleanly(project, tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "work"
     out.mkdir()
-    result = run([sys.executable, "-m", "pipeline", "prepare", "--task", "sst2", "--params", str(tmp_path / "params.yaml")],
-                 out, check=False)
+    result = run(
+        [sys.executable, "-m", "pipeline", "prepare", "--task", "sst2", "--params", str(tmp_path / "params.yaml")],
+        out, check=False,
+    )
     assert result.returncode == 1
     assert f"error: {train}:82: not valid UTF-8" in result.stderr
     assert not (out / "data").exists()

@@ -19,7 +19,9 @@ STAGES = ("prepare", "teacher", "augment", "score", "mt_score", "student", "base
 MODELS = ("teacher", "student", "baseline", "student-onnx", "student-int8", "student-table")
 FIRST_TASKS = ["sst2", "qqp", "stsb"]
 MKD_STUDENTS = ("biattentive", "transformer", "bilstm")
-MULTI_TASK_STAGES = {"mt_teacher", *(f"{stage}@{s}" for stage in ("mkd", "export_mkd") for s in MKD_STUDENTS), "compare"}
+MULTI_TASK_STAGES = {
+    "mt_teacher", *(f"{stage}@{s}" for stage in ("mkd", "export_mkd") for s in MKD_STUDENTS), "compare"
+}
 
 
 def set_tasks(project, tasks: list[str]) -> None:
@@ -97,9 +99,12 @@ def test_repro_runs_every_stage_of_every_task(project):
         joint = json.loads((project / "models" / "mkd" / student / "multitask" / "config.json").read_text())
         assert joint["architecture"] == student and joint["tasks"] == FIRST_TASKS
         for task in FIRST_TASKS:
-            assert json.loads((project / "models" / "mkd" / student / task / "config.json").read_text())["tasks"] == [task]
+            config = json.loads((project / "models" / "mkd" / student / task / "config.json").read_text())
+            assert config["tasks"] == [task]
     comparison = json.loads((project / "metrics" / "comparison.json").read_text())
-    models = {"teacher", "mt_teacher", "student", "baseline", *(f"mkd_{s}{j}" for s in MKD_STUDENTS for j in ("", "_joint"))}
+    models = {
+        "teacher", "mt_teacher", "student", "baseline", *(f"mkd_{s}{j}" for s in MKD_STUDENTS for j in ("", "_joint"))
+    }
     exported = {f"mkd_{s}-{variant}" for s in MKD_STUDENTS for variant in ("onnx", "int8")} | {"student-onnx"}
     assert models | exported <= set(comparison["models"]) == set(comparison["average"])
     for model in models:

@@ -98,7 +98,8 @@ def test_pairs_from_a_tsv_file_and_scores_for_stsb(project, monkeypatch, tmp_pat
     ("task_name", "lines", "messages"),
     [
         ("sst2", ["good film", "", "bad film"], ["<stdin>:2: empty line"]),
-        ("sst2", ["good film", "   ", "bad\tfilm", "fine"], ["<stdin>:2: empty line", "<stdin>:3: expected one sentence"]),
+        ("sst2", ["good film", "   ", "bad\tfilm", "fine"],
+         ["<stdin>:2: empty line", "<stdin>:3: expected one sentence"]),
         ("mrpc", ["good\tfilm", "bad film", "a\tb\tc", "x\t "],
          ["<stdin>:2: expected 2 tab-separated columns for mrpc, found 1",
           "<stdin>:3: expected 2 tab-separated columns for mrpc, found 3", "<stdin>:4: column 2 is empty"]),
@@ -155,7 +156,9 @@ def test_mkd_students_predict_by_name(project, monkeypatch, tiny_bert_dir):
     else the joint one) and ``mkd_<architecture>-<variant>`` (exported), with the same probabilities."""
     model, encoder = build_student(tiny_bert_dir, ["sst2", "mrpc"], max_length=MAX_LENGTH)
     save_student(model, encoder, project / paths.mkd_dir("bilstm") / "multitask", {})
-    write_export(model, encoder, get_task("mrpc"), _mkd_export(project, "bilstm", "mrpc"), ExportParams(variants=[]), {})
+    write_export(
+        model, encoder, get_task("mrpc"), _mkd_export(project, "bilstm", "mrpc"), ExportParams(variants=[]), {}
+    )
     stdin = "".join(f"{a}\t{b}\n" for a, b in zip(texts(4, 3), texts(4, 4))).encode()
     outputs = {}
     for name in ("mkd_bilstm", "mkd_bilstm-onnx"):

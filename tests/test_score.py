@@ -93,7 +93,8 @@ def test_shards_open_in_pandas_pyarrow_and_duckdb(scored):
         f"select count(*), count(*) filter (where is_original) from read_parquet('{out}/part-*.parquet')"
     ).fetchall()[0]
     assert (rows, originals) == (95, 32)
-    first_logit = duckdb.sql(f"select logits[1] from read_parquet('{out}/part-00000.parquet') order by id limit 1").fetchall()[0][0]
+    query = f"select logits[1] from read_parquet('{out}/part-00000.parquet') order by id limit 1"
+    first_logit = duckdb.sql(query).fetchall()[0][0]
     assert first_logit == pytest.approx(float(frame.sort_values("id")["logits"].iloc[0][0]))
 
 
@@ -184,7 +185,9 @@ def test_precision_is_recorded_and_a_change_rescores(scored, teacher_dir, tmp_pa
     transfer, out, fp32_manifest = scored
     assert fp32_manifest["precision"] == "fp32"
     fp32_logits = logits_matrix(load_shards(out))
-    manifest = run_score(SST2, params_with(shard_rows=20, precision="bf16"), tmp_path / "transfer.parquet", teacher_dir, out)
+    manifest = run_score(
+        SST2, params_with(shard_rows=20, precision="bf16"), tmp_path / "transfer.parquet", teacher_dir, out
+    )
     assert manifest["precision"] == "bf16" == json.loads((out / score_module.RUN_STATE_NAME).read_text())["precision"]
     bf16_logits = logits_matrix(load_shards(out))
     assert load_shards(out).drop(["logits"]).equals(transfer)
@@ -197,7 +200,9 @@ def test_a_changed_batch_size_rescores_every_shard(scored, teacher_dir, tmp_path
     calls = []
     real_score_table = score_module.score_table
     monkeypatch.setattr(score_module, "score_table", lambda *a, **k: calls.append(1) or real_score_table(*a, **k))
-    manifest = run_score(SST2, params_with(shard_rows=20, batch_size=4), tmp_path / "transfer.parquet", teacher_dir, out)
+    manifest = run_score(
+        SST2, params_with(shard_rows=20, batch_size=4), tmp_path / "transfer.parquet", teacher_dir, out
+    )
     assert len(calls) == 5 and manifest["batch_size"] == 4
     run_score(SST2, params_with(shard_rows=20, batch_size=4), tmp_path / "transfer.parquet", teacher_dir, out)
     assert len(calls) == 5  # same inputs: every shard kept

@@ -20,6 +20,9 @@ from pipeline.params import BiLSTMParams, Params, StudentParams, TrainParams
 from pipeline.schema import prepared_schema, shard_schema
 from pipeline.score import write_manifest
 from pipeline.shards import ShardError
+from pipeline.student.architectures import load_student
+from pipeline.student.base import count_parameters
+from pipeline.student.bilstm import BiLSTMStudent
 from pipeline.student.encoding import (
     StudentEncoder,
     TokenArray,
@@ -28,9 +31,6 @@ from pipeline.student.encoding import (
     build_word_vocab,
     read_word_vectors,
 )
-from pipeline.student.architectures import load_student
-from pipeline.student.base import count_parameters
-from pipeline.student.bilstm import BiLSTMStudent
 from pipeline.student.optim import SparseAdadelta
 from pipeline.student.train import distillation_loss, predict, read_shards, train_baseline, train_student
 from pipeline.tasks import Task, get_task
@@ -176,7 +176,9 @@ def test_bilstm_matches_packed_bidirectional_lstm() -> None:
             getattr(reference, f"{name}_l0{suffix}").data.copy_(getattr(direction, f"{name}_l0"))
     inputs = batch([4, 2, 7, 1])
     embedded = torch.cat([model.frozen_embedding(inputs["a"]), model.embedding(inputs["a"])], dim=-1)
-    packed = torch.nn.utils.rnn.pack_padded_sequence(embedded, inputs["a_lengths"], batch_first=True, enforce_sorted=False)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(
+        embedded, inputs["a_lengths"], batch_first=True, enforce_sorted=False
+    )
     expected, (hidden, _) = reference(packed)
     expected, _ = torch.nn.utils.rnn.pad_packed_sequence(expected, batch_first=True)
     outputs, final = model.lstm(embedded, inputs["a_lengths"])
@@ -399,7 +401,8 @@ def test_train_student_learns(teacher_dir: Path, tmp_path: Path) -> None:
     assert set(curves) == {"train/loss", "dev/accuracy"}
     assert len(curves["train/loss"]) == summary["epochs_run"] and curves["train/loss"][-1] < curves["train/loss"][0]
     assert curves["dev/accuracy"][summary["best_epoch"] - 1] == pytest.approx(accuracy)
-    assert logged["best_epoch"] == summary["best_epoch"] and logged["best"]["sst2"]["accuracy"] == pytest.approx(accuracy)
+    assert logged["best_epoch"] == summary["best_epoch"]
+    assert logged["best"]["sst2"]["accuracy"] == pytest.approx(accuracy)
     assert_saved_model_reproduces(out, prepared, "sst2", "accuracy", accuracy)
 
 
@@ -409,7 +412,10 @@ def test_train_student_is_deterministic(teacher_dir: Path, tmp_path: Path) -> No
     write_sst2_shards(shards, n_original=40)
     write_prepared(prepared, "sst2", "dev", sentiment_rows(20, seed=2))
     for run in ("one", "two"):
-        train_student(get_task("sst2"), tiny_params(epochs=2), shards, prepared, teacher_dir, tmp_path / run, tmp_path / f"log-{run}")
+        train_student(
+            get_task("sst2"), tiny_params(epochs=2), shards, prepared, teacher_dir,
+            tmp_path / run, tmp_path / f"log-{run}",
+        )
     assert (tmp_path / "one" / "model.pt").read_bytes() == (tmp_path / "two" / "model.pt").read_bytes()
 
 

@@ -17,7 +17,9 @@ from pipeline.student.encoding import StudentEncoder
 from pipeline.student.transformer import TransformerStudent
 from pipeline.tasks import get_task
 
-ARCHITECTURES: dict[str, type[StudentModel]] = {cls.architecture: cls for cls in (BiLSTMStudent, BiattentiveStudent, TransformerStudent)}
+ARCHITECTURES: dict[str, type[StudentModel]] = {
+    cls.architecture: cls for cls in (BiLSTMStudent, BiattentiveStudent, TransformerStudent)
+}
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
 ENCODER_DIR = "encoder"

@@ -82,7 +82,10 @@ class _Graph:
 
 def _scan_body(recurrent: np.ndarray, hidden: int) -> onnx.GraphProto:
     """One LSTM step for both directions: state ``[2, batch, hidden]``, gate inputs ``[2, batch, 4 * hidden]``."""
-    value = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+    def value(name: str, shape: list[int | str]) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
     nodes = [
         helper.make_node("MatMul", ["h_in", "recurrent"], ["h_gates"]),
         helper.make_node("Add", ["h_gates", "x_gates"], ["gates"]),
@@ -127,7 +130,8 @@ def _encode(g: _Graph, ids: str, lengths: str, tables: tuple[str, str], body: on
     gates = g.op("Transpose", g.op("Concat", forward_gates, backward_gates, axis=0), perm=[2, 0, 1, 3])
     state_shape = g.op("Concat", g.const([2]), g.dim(ids, 0), g.const([hidden]), axis=0)
     zeros = g.op("ConstantOfShape", state_shape, value=numpy_helper.from_array(np.zeros(1, np.float32)))
-    _, _, outputs = g.op("Scan", zeros, zeros, gates, outputs=3, body=body, num_scan_inputs=1)  # [time, 2, batch, hidden]
+    # outputs: [time, 2, batch, hidden]
+    _, _, outputs = g.op("Scan", zeros, zeros, gates, outputs=3, body=body, num_scan_inputs=1)
     if pooling == "last":
         per_row = g.op("Transpose", outputs, perm=[2, 1, 0, 3])  # [batch, 2, time, hidden]
         last = g.op("Reshape", g.op("Sub", lengths, g.const(1)), g.const([-1, 1, 1, 1]))
@@ -164,7 +168,8 @@ def gate_table_graph(model: BiLSTMStudent, task: str, opset: int) -> onnx.ModelP
     hidden = model.lstm.hidden_size
     order = _gate_order(hidden)
     recurrent = np.stack([
-        lstm.weight_hh_l0.detach().cpu().numpy()[order].T for lstm in (model.lstm.forward_lstm, model.lstm.backward_lstm)
+        lstm.weight_hh_l0.detach().cpu().numpy()[order].T
+        for lstm in (model.lstm.forward_lstm, model.lstm.backward_lstm)
     ])  # fmt: skip
     g = _Graph(opset)
     forward_table, backward_table = gate_tables(model)
@@ -179,7 +184,8 @@ def gate_table_graph(model: BiLSTMStudent, task: str, opset: int) -> onnx.ModelP
             for side in ("a", "b")
         ]
         ids = g.op("Concat", *padded, axis=0)
-        sentence = _encode(g, ids, g.op("Concat", "a_lengths", "b_lengths", axis=0), tables, body, hidden, model.pooling)
+        lengths = g.op("Concat", "a_lengths", "b_lengths", axis=0)
+        sentence = _encode(g, ids, lengths, tables, body, hidden, model.pooling)
         half = g.dim("a", 0)
         first = g.op("Slice", sentence, g.const([0]), half, g.const([0]))
         second = g.op("Slice", sentence, half, g.op("Mul", half, g.const([2])), g.const([0]))
@@ -189,7 +195,9 @@ def gate_table_graph(model: BiLSTMStudent, task: str, opset: int) -> onnx.ModelP
         features = _encode(g, "a", "a_lengths", tables, body, hidden, model.pooling)
     g.nodes.append(helper.make_node("Identity", [_head(g, features, model.heads[task])], ["logits"]))
     inputs = [
-        helper.make_tensor_value_info(name, TensorProto.INT64, ["batch"] if name.endswith("_lengths") else ["batch", f"time_{name}"])
+        helper.make_tensor_value_info(
+            name, TensorProto.INT64, ["batch"] if name.endswith("_lengths") else ["batch", f"time_{name}"]
+        )
         for name in names
     ]  # fmt: skip
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", model.tasks[task].num_outputs])]

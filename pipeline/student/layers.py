@@ -43,7 +43,8 @@ class PaddedBiLSTM(nn.Module):
         self.backward_lstm = nn.LSTM(input_size, hidden_size, batch_first=True)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-position outputs ``[batch, time, 2 * hidden]`` and final states of both directions ``[batch, 2 * hidden]``."""
+        """Per-position outputs ``[batch, time, 2 * hidden]`` and final states of both directions
+        ``[batch, 2 * hidden]``."""
         forward_out, _ = self.forward_lstm(x)
         backward_reversed, _ = self.backward_lstm(reverse_padded(x, lengths))
         last = (lengths.to(x.device, torch.long) - 1).view(-1, 1, 1).expand(-1, 1, self.hidden_size)

@@ -186,6 +186,9 @@ def fit(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=multi_task
         )
     optimizers, schedulers = build_optimizers(hp, model, hp.epochs * steps_per_epoch)
+    if part.is_main:
+        log.info("%s: %d process(es) on %s, autocast %s, %d steps per epoch",
+                 desc, part.count, device, dtype or "off", steps_per_epoch)  # fmt: skip
     curve: list[dict[str, float]] = []
     best_score, best_epoch, best_state, best_metrics = -math.inf, 0, None, {}
     for epoch in range(1, hp.epochs + 1):

@@ -103,7 +103,8 @@ class TransformerEncoder(StudentEncoder):
             for i in range(0, len(text_a), ENCODE_CHUNK)
         ] or [{IDS: [], TYPE_IDS: []}]
         arrays = {
-            name: TokenArray.concat([TokenArray.from_lists(chunk[name]) for chunk in chunks]) for name in (IDS, TYPE_IDS)
+            name: TokenArray.concat([TokenArray.from_lists(chunk[name]) for chunk in chunks])
+            for name in (IDS, TYPE_IDS)
         }
         return EncodedInputs(arrays, {IDS: self.pad_id, TYPE_IDS: PAD_TYPE_ID})
 
@@ -167,7 +168,9 @@ class TransformerStudent(StudentModel):
         teacher_dir = Path(teacher_dir)
         teacher_config = AutoConfig.from_pretrained(teacher_dir)
         if not isinstance(teacher_config, BertConfig):
-            raise ValueError(f"{teacher_dir}: the Transformer student copies a BERT teacher, not {teacher_config.model_type}")
+            raise ValueError(
+                f"{teacher_dir}: the Transformer student copies a BERT teacher, not {teacher_config.model_type}"
+            )
         if hp.layers > teacher_config.num_hidden_layers:
             raise ValueError(
                 f"transformer.layers = {hp.layers}, but the teacher in {teacher_dir} has only "
@@ -181,7 +184,8 @@ class TransformerStudent(StudentModel):
         tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
         if len(tokenizer) > teacher_config.vocab_size:
             raise ValueError(
-                f"{teacher_dir}: the tokenizer has {len(tokenizer)} ids but the embeddings {teacher_config.vocab_size} rows"
+                f"{teacher_dir}: the tokenizer has {len(tokenizer)} ids "
+                f"but the embeddings {teacher_config.vocab_size} rows"
             )
         bert_config = student_bert_config(teacher_config, hp.layers, hp.dropout)
         with torch.random.fork_rng():
@@ -231,6 +235,10 @@ def teacher_tensors(teacher_dir: Path, names: Iterable[str]) -> dict[str, torch.
     wanted = list(names)
     missing = [name for name in wanted if prefix + name not in stored]
     if missing:
-        hint = " (set transformer.pooler: false for a teacher without a pooler)" if any("pooler" in n for n in missing) else ""
+        hint = (
+            " (set transformer.pooler: false for a teacher without a pooler)"
+            if any("pooler" in n for n in missing)
+            else ""
+        )
         raise KeyError(f"{teacher_dir}: the teacher checkpoint lacks {', '.join(prefix + n for n in missing)}{hint}")
     return {name: stored[prefix + name].float() for name in wanted}
