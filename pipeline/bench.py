@@ -17,11 +17,10 @@ that changes during the run hits every measurement alike; each is reported as me
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from transformers import (
 
 from pipeline import paths
 from pipeline.batching import length_sorted_batches
-from pipeline.device import autocast, autocast_dtype, pick_device, seed_everything
+from pipeline.device import autocast, autocast_dtype, pick_device, seed_everything, torch_threads
 from pipeline.io import write_parquet
 from pipeline.params import Params
 from pipeline.prepare import read_glue_tsv
@@ -187,16 +186,6 @@ def _dtype_name(dtype: torch.dtype | None) -> str:
     return str(dtype).removeprefix("torch.") if dtype else "off (fp32)"
 
 
-@contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def run_bench(task: Task, params: Params, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, table: pa.Table,
               batch_sizes: Sequence[int], threads: int, repeats: int) -> dict[str, Any]:
     """Time ceiling, ours and naive on ``table`` (transfer-set rows), interleaved; rates, ratios and settings."""
@@ -211,7 +200,7 @@ def run_bench(task: Task, params: Params, model: PreTrainedModel, tokenizer: Pre
         with autocast(device, dtype):
             classifier(texts, top_k=None, truncation=True, max_length=max_length)  # the pipeline's default batching
 
-    with _torch_threads(threads), tempfile.TemporaryDirectory() as tmp:
+    with torch_threads(threads), tempfile.TemporaryDirectory() as tmp:
         def ours(rows: pa.Table) -> None:
             write_parquet(score_table(task, rows, model, tokenizer, params), Path(tmp) / shard_name(0))
 
@@ -276,7 +265,7 @@ def run_precision_bench(task: Task, params: Params, model: PreTrainedModel, toke
         precision: Measurement(scorer(precision, table.slice(0, batch_size)), scorer(precision, table))
         for precision in order
     }
-    with _torch_threads(threads):
+    with torch_threads(threads):
         rates = interleaved_rates(measurements, table.num_rows, repeats, device)
     return {
         **_settings(task, params, device, table, threads, repeats),

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline import deploy, paths
-from pipeline.device import pick_device
+from pipeline.device import pick_device, torch_threads
 from pipeline.metrics import compute_metrics
 from pipeline.params import Params
 from pipeline.prepare import read_glue_tsv
@@ -124,7 +124,7 @@ def multi_task_models(task: Task, params: Params) -> dict[str, ModelSource]:
     models = {"mt_teacher": teacher_source(paths.mt_teacher_dir(task.name), params)}
     for architecture in params.mkd.students:
         root = paths.mkd_dir(architecture)
-        models[f"mkd_{architecture}_joint"] = student_source(root / "multitask", task)
+        models[f"mkd_{architecture}_joint"] = student_source(root / paths.MKD_JOINT, task)
         if params.mkd.finetune_epochs:
             models[f"mkd_{architecture}"] = student_source(root / task.name, task)
         exported = paths.mkd_export_dir(architecture) / task.name
@@ -185,9 +185,7 @@ def evaluate_models(
     speed_a, speed_b = table_texts(task, speed_table)
     cpu = torch.device("cpu")
     on_cpu = loaded if device == cpu else {name: source.load(cpu) for name, source in models.items()}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(params.evaluate.threads)
-    try:
+    with torch_threads(params.evaluate.threads):
         speed = {
             f"batch_{size}": measure_throughput(
                 {name: model.predict for name, model in on_cpu.items()}, speed_a, speed_b, size,
@@ -195,8 +193,6 @@ def evaluate_models(
             )  # fmt: skip
             for size in params.evaluate.speed_batch_sizes
         }
-    finally:
-        torch.set_num_threads(threads)
     return {
         "task": task.name,
         "models": list(models),

@@ -31,7 +31,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 from torch import nn
 
-from pipeline import deploy
+from pipeline import deploy, paths
 from pipeline.io import atomic_dir, sha256_file, write_json
 from pipeline.metrics import compute_metrics
 from pipeline.params import ExportParams
@@ -64,7 +64,6 @@ FP32_VARIANT = deploy.DEFAULT_VARIANT
 INT8_VARIANT = "int8"
 MODEL_FILES = {FP32_VARIANT: "model.onnx", INT8_VARIANT: "model-int8.onnx"}
 TOKENIZER_FILE = "tokenizer.json"
-JOINT_MODEL_DIR = "multitask"  # the jointly distilled MKD student (pipeline.mkd.JOINT_MODEL)
 # Sample texts traced by the exporter: two rows of different lengths, so padding is part of the trace.
 TRACE_TEXTS = ("a short one", "a somewhat longer sentence to trace with padding")
 WEIGHT_TYPES = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}
@@ -274,7 +273,7 @@ def export_mkd_students(
     reports = {}
     with atomic_dir(out_dir) as folder:
         for task in tasks:
-            model_dir = mkd_dir / task.name if (mkd_dir / task.name).is_dir() else mkd_dir / JOINT_MODEL_DIR
+            model_dir = paths.mkd_task_model(mkd_dir, task.name)
             reports[task.name] = export_student(task, params, model_dir, folder / task.name, splits[task.name], None)
     write_json(reports, metrics_path)
     return reports

@@ -45,8 +45,6 @@ from pipeline.tracking import training_log
 
 log = logging.getLogger(__name__)
 
-JOINT_MODEL = "multitask"  # folder (under models/mkd/<architecture>) of the jointly distilled student
-
 
 def _task_data(task: Task, params: Params, encoder: StudentEncoder, table: pa.Table, prepared_dir: Path) -> TaskData:
     loss_fn = distillation_loss_fn(task, params.mkd.alpha)
@@ -118,9 +116,9 @@ def _distil_and_fine_tune(
             model, data, train_params, params.seed, tracker, params.mkd.sampling, params.mkd.temperature,
             desc=f"mkd {architecture}", part=part,
         )  # fmt: skip
-    summary: dict[str, Any] = {JOINT_MODEL: training_summary(model, joint, rows)}
+    summary: dict[str, Any] = {paths.MKD_JOINT: training_summary(model, joint, rows)}
     if part.is_main:
-        save_student(model, encoder, out_dir / JOINT_MODEL, summary[JOINT_MODEL])
+        save_student(model, encoder, out_dir / paths.MKD_JOINT, summary[paths.MKD_JOINT])
 
     if params.mkd.finetune_epochs:
         finetune_params = train_params.model_copy(update={"epochs": params.mkd.finetune_epochs})

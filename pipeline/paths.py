@@ -13,6 +13,7 @@ MT_TEACHER_DIR = Path("models/mt_teacher")
 STUDENT_DIR = Path("models/student")
 BASELINE_DIR = Path("models/baseline")
 MKD_DIR = Path("models/mkd")
+MKD_JOINT = "multitask"  # folder (under models/mkd/<architecture>) of the jointly distilled student
 EXPORT_DIR = Path("models/export")
 METRICS_DIR = Path("metrics")
 TRAINING_LOG_DIR = Path("dvclive")
@@ -62,6 +63,12 @@ def baseline_dir(task: str, root: Path = BASELINE_DIR) -> Path:
 def mkd_dir(architecture: str, root: Path = MKD_DIR) -> Path:
     """MKD students of one architecture: ``multitask/`` (jointly distilled) and one fine-tuned folder per task."""
     return root / architecture
+
+
+def mkd_task_model(mkd_root: Path, task: str) -> Path:
+    """The MKD student ``task`` uses: its fine-tuned folder under ``mkd_root`` if there is one, else the joint one."""
+    tuned = mkd_root / task
+    return tuned if tuned.is_dir() else mkd_root / MKD_JOINT
 
 
 def training_log(model: str, task: str | None = None, root: Path = TRAINING_LOG_DIR) -> Path:

@@ -151,7 +151,7 @@ def mkd_model(name: str, task: Task, threads: int | None) -> LoadedModel:
             raise FileNotFoundError(f"{folder}: no exported MKD student (run: dvc repro export_mkd@{architecture})")
         return exported_model(folder, variant, threads, name)
     root = paths.mkd_dir(architecture)
-    model_dir = root / task.name if (root / task.name).is_dir() else root / "multitask"
+    model_dir = paths.mkd_task_model(root, task.name)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: no MKD student (run: dvc repro mkd@{architecture})")
     return pytorch_student(name, model_dir, task)
