@@ -148,7 +148,7 @@ class TrainParams(_Section):
     schedule: Literal["constant", "linear"] = "constant"  # linear: warm-up over warmup_ratio of the steps, then decay
     warmup_ratio: float = Field(default=0.0, ge=0, le=1)
     patience: int = Field(default=2, ge=1)
-    mixed_precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (CPU with native bf16, or CUDA)
+    mixed_precision: Literal["auto", "fp32", "bf16"] = "fp32"  # bf16: autocast; auto: bf16 where native, else fp32
 
     def batch_size_for(self, task: Task) -> int:
         """Training batch size: ``batch_size_pair`` for sentence-pair tasks, ``batch_size`` otherwise (paper)."""

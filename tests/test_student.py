@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
+from pipeline import device
 from pipeline.batching import bucket_batches
 from pipeline.metrics import compute_metrics
 from pipeline.params import BiLSTMParams, Params, StudentParams, TrainParams
@@ -32,7 +33,14 @@ from pipeline.student.encoding import (
     read_word_vectors,
 )
 from pipeline.student.optim import SparseAdadelta
-from pipeline.student.train import distillation_loss, predict, read_shards, train_baseline, train_student
+from pipeline.student.train import (
+    distillation_loss,
+    predict,
+    read_shards,
+    train_baseline,
+    train_student,
+    training_autocast_dtype,
+)
 from pipeline.tasks import Task, get_task
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -417,6 +425,42 @@ def test_train_student_is_deterministic(teacher_dir: Path, tmp_path: Path) -> No
             tmp_path / run, tmp_path / f"log-{run}",
         )
     assert (tmp_path / "one" / "model.pt").read_bytes() == (tmp_path / "two" / "model.pt").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("mixed_precision", "native_bf16", "expected"),
+    [("auto", True, torch.bfloat16), ("auto", False, None), ("fp32", True, None), ("bf16", False, torch.bfloat16)],
+)
+def test_training_autocast_dtype_on_cpu(monkeypatch, mixed_precision, native_bf16, expected) -> None:
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native_bf16)
+    assert training_autocast_dtype(torch.device("cpu"), mixed_precision) is expected
+
+
+def test_training_autocast_dtype_auto_never_fp16_on_cuda(monkeypatch) -> None:
+    """``auto`` on a GPU without bf16 trains in fp32: students have no loss scaling for fp16."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert training_autocast_dtype(torch.device("cuda"), "auto") is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert training_autocast_dtype(torch.device("cuda"), "auto") is torch.bfloat16
+
+
+def test_train_student_in_bf16_learns_and_keeps_fp32_weights(teacher_dir: Path, tmp_path: Path) -> None:
+    """bf16 autocast (what ``auto`` picks on a CPU with native bf16) trains other weights than fp32, as well, and
+    saves fp32 weights."""
+    shards, prepared = tmp_path / "logits", tmp_path / "prepared"
+    write_sst2_shards(shards)
+    write_prepared(prepared, "sst2", "dev", sentiment_rows(60, seed=2))
+    weights = {}
+    for precision in ("fp32", "bf16"):
+        params = tiny_params()
+        params = params.model_copy(update={"student": params.student.model_copy(update={"mixed_precision": precision})})
+        out, log_dir = tmp_path / precision, tmp_path / f"log-{precision}"
+        summary = train_student(get_task("sst2"), params, shards, prepared, teacher_dir, out, log_dir)
+        assert summary["dev"]["sst2"]["accuracy"] >= 0.85, precision
+        model, _ = load_student(out)
+        weights[precision] = model.lstm.forward_lstm.weight_ih_l0
+        assert all(parameter.dtype == torch.float32 for parameter in model.parameters())
+    assert not torch.equal(weights["fp32"], weights["bf16"])
 
 
 def test_train_baseline_learns(teacher_dir: Path, tmp_path: Path) -> None:

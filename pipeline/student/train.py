@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from pipeline import paths
 from pipeline.batching import length_sorted_batches
-from pipeline.device import autocast, autocast_dtype, pick_device, seed_everything, use_threads
+from pipeline.device import autocast, autocast_dtype, pick_device, seed_everything, training_precision, use_threads
 from pipeline.distributed import Processes, common_count, processes, shard_part, take
 from pipeline.metrics import compute_metrics
 from pipeline.params import Params, TrainParams
@@ -143,6 +143,14 @@ def predict(
     return predict_encoded(model, task, encoder.encode_inputs(text_a, text_b), batch_size)
 
 
+def training_autocast_dtype(device: torch.device, mixed_precision: str) -> torch.dtype | None:
+    """Autocast dtype of student training: bf16 for ``bf16``, and for ``auto`` where bf16 is native (CUDA with bf16,
+    a CPU with AVX512-BF16 or AMX); None (fp32) otherwise. Students never train in fp16 (there is no loss scaling)."""
+    if mixed_precision == "auto":
+        return torch.bfloat16 if training_precision(device, "auto") == "bf16" else None
+    return autocast_dtype(device, mixed_precision)
+
+
 def _metric_names(task: Task, metrics: dict[str, float], multi_task: bool) -> dict[str, float]:
     prefix = f"dev/{task.name}/" if multi_task else "dev/"
     return {prefix + name: value for name, value in metrics.items()}
@@ -169,7 +177,7 @@ def fit(
     """
     part = part or Processes(0, 1, next(model.parameters()).device)
     device = part.device
-    dtype = autocast_dtype(device, hp.mixed_precision)
+    dtype = training_autocast_dtype(device, hp.mixed_precision)
     sampler = TaskBatchSampler(
         {name: d.train.lengths for name, d in data.items()},
         {name: hp.batch_size_for(d.task) for name, d in data.items()},
