@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.tasks import get_task
+
 # Tang et al. (2019) Table 1, GLUE test, BERT-large teacher: (distilled BiLSTM, BiLSTM without distillation).
 TANG_PUBLISHED = {"sst2": ("90.7", "86.7"), "qqp": ("68.2/88.1", "63.7/86.2"), "mnli": ("73.0/72.6", "68.3/68.3")}
 # DistilBERT (6 layers, 66M parameters), GLUE dev, primary metric: a compact student for scale.
@@ -33,33 +35,32 @@ def read_reports(tasks: list[str], metrics_dir: Path) -> dict[str, dict[str, Any
     }
 
 
-def _metric_cells(report: dict[str, Any], model: str) -> str:
-    """The first dev split's metrics of ``model`` in points, ``a/b`` for tasks with two metrics."""
-    split = next(iter(report["quality"]))
-    return "/".join(f"{100 * value:.1f}" for value in report["quality"][split][model].values())
+def _metric_cells(task: str, report: dict[str, Any], model: str) -> str:
+    """The first dev split's metrics of ``model`` in points, in the task's metric order (``a/b`` for two metrics)."""
+    values = report["quality"][next(iter(report["quality"]))][model]
+    return "/".join(f"{100 * values[metric]:.1f}" for metric in get_task(task).metrics)
 
 
-def _primary(report: dict[str, Any], model: str) -> float:
-    split = next(iter(report["quality"]))
-    return 100 * next(iter(report["quality"][split][model].values()))
+def _primary(task: str, report: dict[str, Any], model: str) -> float:
+    """The first dev split's primary metric of ``model`` (the one that selects checkpoints), in points."""
+    return 100 * report["quality"][next(iter(report["quality"]))][model][get_task(task).primary_metric]
 
 
 def quality_table(reports: dict[str, dict[str, Any]]) -> str:
-    """Per task: teacher, KD student and no-KD baseline on dev, the KD gain and the gap to the teacher (primary
-    metric), with the published figures beside them."""
+    """Per task: teacher, KD student and no-KD baseline on dev, the KD gain and the gap to the teacher (the task's
+    primary metric, the first one named), with the published figures beside them."""
     lines = [
         "| task | dev metric | teacher | KD student | no-KD baseline | KD gain | student − teacher "
         "| Tang et al. distilled / no KD (test) | DistilBERT (dev) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for task, report in reports.items():
-        split = next(iter(report["quality"]))
-        metric = "/".join(report["quality"][split]["teacher"])
-        student, baseline, teacher = (_primary(report, name) for name in ("student", "baseline", "teacher"))
+        metric = "/".join(get_task(task).metrics)
+        student, baseline, teacher = (_primary(task, report, name) for name in ("student", "baseline", "teacher"))
         tang = " / ".join(TANG_PUBLISHED.get(task, ("-", "-")))
+        cells = " | ".join(_metric_cells(task, report, name) for name in ("teacher", "student", "baseline"))
         lines.append(
-            f"| {task} | {metric} | {_metric_cells(report, 'teacher')} | {_metric_cells(report, 'student')} "
-            f"| {_metric_cells(report, 'baseline')} | {student - baseline:+.1f} | {student - teacher:+.1f} "
+            f"| {task} | {metric} | {cells} | {student - baseline:+.1f} | {student - teacher:+.1f} "
             f"| {tang} | {DISTILBERT_DEV.get(task, '-')} |"
         )
     return "\n".join(lines)

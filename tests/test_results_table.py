@@ -44,10 +44,16 @@ def test_quality_row_has_gain_gap_and_published_figures():
             "teacher": {"f1": 0.88, "accuracy": 0.83}, "student": {"f1": 0.80, "accuracy": 0.70},
             "baseline": {"f1": 0.82, "accuracy": 0.72},
         }),
+        # keys sorted as in the JSON files: the task registry decides the order and the primary metric (mcc)
+        "cola": report("cola", {
+            "teacher": {"accuracy": 0.72, "mcc": 0.26}, "student": {"accuracy": 0.71, "mcc": 0.22},
+            "baseline": {"accuracy": 0.68, "mcc": 0.15},
+        }),
     }  # fmt: skip
     rows = results_table.quality_table(reports).splitlines()[2:]
     assert rows[0] == "| sst2 | accuracy | 90.0 | 88.5 | 85.0 | +3.5 | -1.5 | 90.7 / 86.7 | 91.3 |"
     assert rows[1] == "| mrpc | f1/accuracy | 88.0/83.0 | 80.0/70.0 | 82.0/72.0 | -2.0 | -8.0 | - / - | 87.5 |"
+    assert rows[2] == "| cola | mcc/accuracy | 26.0/72.0 | 22.0/71.0 | 15.0/68.0 | +7.0 | -4.0 | - / - | 51.3 |"
 
 
 def test_speed_row_names_fastest_variant_and_ratios():
