@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.batching import bucket_batches
+from pipeline.data.batching import bucket_batches
+from pipeline.data.glue import read_glue_tsv
+from pipeline.data.tasks import get_task
 from pipeline.params import load_params
-from pipeline.prepare import read_glue_tsv
-from pipeline.student.base import count_parameters
-from pipeline.student.biattentive import BiattentiveStudent
-from pipeline.tasks import get_task
-from pipeline.teacher import resolve_checkpoint
+from pipeline.serving.teacher import resolve_checkpoint
+from pipeline.students.base import count_parameters
+from pipeline.students.biattentive import BiattentiveStudent
 
 MKD_TASKS = ("sst2", "cola", "mrpc", "rte", "stsb")
 

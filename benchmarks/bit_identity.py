@@ -59,13 +59,13 @@ def score_workload(rows: int, batch_size: int) -> np.ndarray:
     """Teacher logits of the first ``rows`` SST-2 training sentences."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from pipeline.bench import bench_sentences
-    from pipeline.device import seed_everything
+    from pipeline.bench.score import bench_sentences
+    from pipeline.data.shards import logits_matrix
+    from pipeline.data.tasks import get_task
     from pipeline.params import load_params
-    from pipeline.score import score_table
-    from pipeline.shards import logits_matrix
-    from pipeline.tasks import get_task
-    from pipeline.teacher import resolve_checkpoint
+    from pipeline.serving.teacher import resolve_checkpoint
+    from pipeline.stages.score import score_table
+    from pipeline.training.device import seed_everything
 
     task, params = get_task("sst2"), load_params()
     score = params.score.model_copy(update={"batch_size": batch_size, "precision": "fp32"})
@@ -81,13 +81,13 @@ def train_workload(rows: int) -> np.ndarray:
     """Final weights of the baseline BiLSTM after one epoch on the first ``rows`` SST-2 training sentences."""
     import torch
 
-    from pipeline.io import write_parquet
+    from pipeline.data.glue import read_glue_tsv
+    from pipeline.data.io import write_parquet
+    from pipeline.data.tasks import get_task
     from pipeline.params import load_params
-    from pipeline.prepare import read_glue_tsv
-    from pipeline.student.architectures import MODEL_FILE
-    from pipeline.student.train import train_baseline
-    from pipeline.tasks import get_task
-    from pipeline.teacher import resolve_checkpoint
+    from pipeline.serving.teacher import resolve_checkpoint
+    from pipeline.stages.baseline import train_baseline
+    from pipeline.students.architectures import MODEL_FILE
 
     task, params = get_task("sst2"), load_params()
     params = params.model_copy(update={"baseline": params.baseline.model_copy(update={"epochs": 1})})
@@ -106,7 +106,7 @@ def lstm_workload() -> np.ndarray:
     """Final weights of a PaddedBiLSTM + linear head after AdaDelta steps on seeded random padded batches."""
     import torch
 
-    from pipeline.student.layers import PaddedBiLSTM
+    from pipeline.students.layers import PaddedBiLSTM
 
     torch.manual_seed(0)
     lstm, head = PaddedBiLSTM(LSTM_INPUT, LSTM_HIDDEN), torch.nn.Linear(2 * LSTM_HIDDEN, 2)
@@ -156,8 +156,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for index, (name, threads, env, extra) in enumerate(configurations):
             out = Path(tmp) / f"{index}.npy"
-            command = [sys.executable, __file__, "--workload", args.workload, "--rows", str(args.rows),
-                       "--threads", str(threads), "--out", str(out), *extra]
+            command = [
+                sys.executable,
+                __file__,
+                "--workload",
+                args.workload,
+                "--rows",
+                str(args.rows),
+                "--threads",
+                str(threads),
+                "--out",
+                str(out),
+                *extra,
+            ]
             environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO_ROOT), **env}
             done = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
             if done.returncode != 0:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.tasks import get_task
+from pipeline.data.tasks import get_task
 
 # Tang et al. (2019) Table 1, GLUE test, BERT-large teacher: (distilled BiLSTM, BiLSTM without distillation).
 TANG_PUBLISHED = {"sst2": ("90.7", "86.7"), "qqp": ("68.2/88.1", "63.7/86.2"), "mnli": ("73.0/72.6", "68.3/68.3")}

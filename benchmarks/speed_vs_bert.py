@@ -16,11 +16,12 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from pipeline import paths
-from pipeline.evaluate import measure_throughput
-from pipeline.student.architectures import load_student
-from pipeline.student.train import predict
-from pipeline.tasks import get_task
-from pipeline.teacher import load_teacher, predict_logits, table_texts
+from pipeline.data.schema import table_texts
+from pipeline.data.tasks import get_task
+from pipeline.serving.teacher import load_teacher, predict_logits
+from pipeline.stages.evaluate import measure_throughput
+from pipeline.students.architectures import load_student
+from pipeline.students.inference import predict
 
 BERT_SIZES = {  # published architecture sizes (hidden, layers, heads, intermediate)
     "bert-base": BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),

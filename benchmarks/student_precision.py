@@ -17,12 +17,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from pipeline.device import autocast
+from pipeline.data.tasks import get_task
 from pipeline.params import load_params
-from pipeline.student.bilstm import BiLSTMStudent
-from pipeline.student.optim import build_optimizers
-from pipeline.student.train import training_autocast_dtype
-from pipeline.tasks import get_task
+from pipeline.students.bilstm import BiLSTMStudent
+from pipeline.training.device import autocast
+from pipeline.training.fit import training_autocast_dtype
+from pipeline.training.optim import build_optimizers
 
 VOCAB_SIZE, EMBEDDING_WIDTH = 30522, 384  # the MiniLM teacher's WordPiece embedding matrix
 

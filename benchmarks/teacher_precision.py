@@ -21,10 +21,10 @@ from unittest import mock
 
 import torch
 
-from pipeline import teacher
+from pipeline.data.tasks import get_task
 from pipeline.params import load_params
-from pipeline.prepare import run_prepare
-from pipeline.tasks import get_task
+from pipeline.stages.prepare import run_prepare
+from pipeline.training import finetune as teacher
 
 PRECISIONS = ("fp32", "bf16")
 

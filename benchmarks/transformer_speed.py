@@ -24,18 +24,12 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from pipeline.data.glue import read_glue_tsv
+from pipeline.data.tasks import get_task
 from pipeline.params import Params, TransformerParams
-from pipeline.prepare import read_glue_tsv
-from pipeline.student.base import padding_mask
-from pipeline.student.transformer import (
-    IDS,
-    TYPE_IDS,
-    TransformerEncoder,
-    TransformerStudent,
-    attention_bias,
-)
-from pipeline.tasks import get_task
-from pipeline.teacher import resolve_checkpoint
+from pipeline.serving.teacher import resolve_checkpoint
+from pipeline.students.base import padding_mask
+from pipeline.students.transformer import IDS, TYPE_IDS, TransformerEncoder, TransformerStudent, attention_bias
 
 TASK = get_task("sst2")
 CHECK_TEXTS = ["a", "a gorgeous , witty , seductive movie .", "it 's a charming and often affecting journey .", "no"]
@@ -231,8 +225,10 @@ def main() -> None:
     for model, _ in students.values():
         model.eval()
     lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
-    print(f"{len(texts)} SST-2 dev sentences, tokens per sentence: mean {np.mean(lengths):.1f}, max {max(lengths)}; "
-          f"{args.threads} threads; torch {torch.__version__}; load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"{len(texts)} SST-2 dev sentences, tokens per sentence: mean {np.mean(lengths):.1f}, max {max(lengths)}; "
+        f"{args.threads} threads; torch {torch.__version__}; load average {os.getloadavg()[0]:.1f}"
+    )
 
     with torch.inference_mode():
         predictors = {"teacher 6L (HF)": teacher_predictor(teacher, tokenizer, max_length)}
@@ -255,8 +251,11 @@ def main() -> None:
                     )
         rates = interleaved(predictors, texts, args.rounds)
         base = rates["teacher 6L (HF)"]
-        print("\nbatch 1, tokenisation included: sentences/s per round by wall clock [by process CPU time]; "
-              "ratio = median over rounds of student/teacher", flush=True)
+        print(
+            "\nbatch 1, tokenisation included: sentences/s per round by wall clock [by process CPU time]; "
+            "ratio = median over rounds of student/teacher",
+            flush=True,
+        )
         for name, values in rates.items():
             wall = statistics.median(v[0] / b[0] for v, b in zip(values, base, strict=True))
             cpu = statistics.median(v[1] / b[1] for v, b in zip(values, base, strict=True))

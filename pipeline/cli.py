@@ -16,11 +16,10 @@ from typing import Annotated, Any
 import typer
 
 from pipeline import paths
-from pipeline.augment import TaggerUnavailableError
-from pipeline.params import DEFAULT_PARAMS_PATH, PRECISIONS, Params, ParamsError, Precision, load_params
-from pipeline.prepare import GlueFormatError
-from pipeline.shards import ShardError, format_rows, format_stats, head_rows, shard_stats, task_manifest, verify_shards
-from pipeline.tasks import Task, UnknownTaskError, get_task
+from pipeline.data.shards import format_rows, format_stats, head_rows, shard_stats, task_manifest, verify_shards
+from pipeline.data.tasks import Task, get_task
+from pipeline.errors import GlueFormatError, ParamsError, ShardError, TaggerUnavailableError, UnknownTaskError
+from pipeline.params import DEFAULT_PARAMS_PATH, PRECISIONS, Params, Precision, load_params
 
 app = typer.Typer(help="distillery: distil a fine-tuned BERT teacher into small BiLSTM students.", no_args_is_help=True)
 shards_app = typer.Typer(help="Inspect and verify the teacher logit shards of a task.", no_args_is_help=True)
@@ -73,7 +72,7 @@ def _shard_folder(task_name: str, shard_dir: Path | None, teacher: paths.Teacher
 @app.command()
 def prepare(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
     """Validate the GLUE TSV files of a task and write normalised Parquet splits."""
-    from pipeline.prepare import run_prepare
+    from pipeline.stages.prepare import run_prepare
 
     with _stage(task, params) as (spec, hp):
         run_prepare(spec, hp)
@@ -82,7 +81,7 @@ def prepare(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> Non
 @app.command()
 def teacher(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
     """Fine-tune the BERT teacher on a task (runs under `accelerate launch` / `torchrun` too)."""
-    from pipeline.teacher import fine_tune
+    from pipeline.stages.teacher import fine_tune
 
     with _stage(task, params) as (spec, hp):
         out_dirs = {spec.name: paths.teacher_dir(spec.name)}
@@ -92,7 +91,7 @@ def teacher(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> Non
 @app.command("mt-teacher")
 def mt_teacher(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
     """Fine-tune the multi-task teacher on every task in params `tasks` (shared encoder, one head per task)."""
-    from pipeline.teacher import fine_tune
+    from pipeline.stages.teacher import fine_tune
 
     with _user_errors():
         hp = load_params(params)
@@ -104,7 +103,7 @@ def mt_teacher(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
 @app.command()
 def augment(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
     """Build the augmented transfer set (masking, POS replacement, n-gram sampling)."""
-    from pipeline.augment import run_augment
+    from pipeline.stages.augment import run_augment
 
     with _stage(task, params) as (spec, hp):
         run_augment(spec, hp, paths.prepared_split(spec.name, "train"), paths.transfer_set(spec.name))
@@ -113,7 +112,7 @@ def augment(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> Non
 @app.command()
 def score(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH, teacher: TeacherOption = "single") -> None:
     """Score the transfer set with the teacher into Parquet logit shards (resumable)."""
-    from pipeline.score import run_score
+    from pipeline.stages.score import run_score
 
     with _stage(task, params) as (spec, hp):
         teacher_dir = paths.scoring_teacher_dir(spec.name, teacher)
@@ -127,24 +126,33 @@ def score(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH, teacher:
 @app.command()
 def student(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
     """Train the BiLSTM student on the teacher's logits (distillation)."""
-    from pipeline.student.train import train_student
+    from pipeline.stages.student import train_student
 
     with _stage(task, params) as (spec, hp):
         train_student(
-            spec, hp, paths.shard_dir(spec.name), paths.PREPARED_DIR, paths.teacher_dir(spec.name),
-            paths.student_dir(spec.name), paths.training_log("student", spec.name),
+            spec,
+            hp,
+            paths.shard_dir(spec.name),
+            paths.PREPARED_DIR,
+            paths.teacher_dir(spec.name),
+            paths.student_dir(spec.name),
+            paths.training_log("student", spec.name),
         )
 
 
 @app.command()
 def baseline(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
     """Train the same BiLSTM on the labelled training set only (no teacher, no augmentation)."""
-    from pipeline.student.train import train_baseline
+    from pipeline.stages.baseline import train_baseline
 
     with _stage(task, params) as (spec, hp):
         train_baseline(
-            spec, hp, paths.PREPARED_DIR, paths.teacher_dir(spec.name),
-            paths.baseline_dir(spec.name), paths.training_log("baseline", spec.name),
+            spec,
+            hp,
+            paths.PREPARED_DIR,
+            paths.teacher_dir(spec.name),
+            paths.baseline_dir(spec.name),
+            paths.training_log("baseline", spec.name),
         )
 
 
@@ -154,7 +162,7 @@ def mkd(
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
     """MKD: distil every task jointly into one student of this architecture, then fine-tune it per task."""
-    from pipeline.mkd import run_mkd
+    from pipeline.stages.mkd import run_mkd
 
     with _user_errors():
         hp = load_params(params)
@@ -172,8 +180,8 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="JSON report path (default: metrics/<task>.json for dev)")] = None,
 ) -> None:
     """Compare teacher, KD student and baseline: task metrics, parameters, CPU throughput."""
-    from pipeline.evaluate import dev_splits, evaluate_splits, file_split, markdown_table
-    from pipeline.io import write_json, write_text
+    from pipeline.data.io import write_json, write_text
+    from pipeline.stages.evaluate import dev_splits, evaluate_splits, file_split, markdown_table
 
     with _stage(task, params) as (spec, hp):
         splits = file_split(spec, data) if data else dev_splits(spec)
@@ -190,9 +198,9 @@ def evaluate(
 @app.command()
 def compare(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
     """Compare every model on every task: teachers, Tang students, baselines, MKD students; average, size, speed."""
-    from pipeline.compare import compare as run_compare
-    from pipeline.compare import markdown_report, metrics_summary
-    from pipeline.io import write_json, write_text
+    from pipeline.data.io import write_json, write_text
+    from pipeline.stages.compare import compare as run_compare
+    from pipeline.stages.compare import markdown_report, metrics_summary
 
     with _user_errors():
         summary = run_compare(load_params(params))
@@ -207,14 +215,16 @@ def compare(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
 def export(
     task: TaskOption,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
-    model_dir: Annotated[Path | None, typer.Option(help="saved student folder, any architecture "
-                                                       "(default: models/student/<task>)")] = None,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="saved student folder, any architecture (default: models/student/<task>)")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="export folder (default: models/export/<task>)")] = None,
     metrics: Annotated[Path | None, typer.Option(help="check report (default: metrics/export/<task>.json)")] = None,
 ) -> None:
     """Export a trained student as ONNX (+ int8 and fast variants) runnable without this repository; check parity."""
-    from pipeline.evaluate import dev_splits
-    from pipeline.export import ExportError, export_student
+    from pipeline.errors import ExportError
+    from pipeline.stages.evaluate import dev_splits
+    from pipeline.stages.export import export_student
 
     with _stage(task, params) as (spec, hp):
         try:
@@ -226,8 +236,10 @@ def export(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
         for variant, entry in report["variants"].items():
-            typer.echo(f"{variant}: {entry['file_bytes'] / 1e6:.1f} MB, max |logit diff| vs PyTorch "
-                       f"{entry['max_abs_logit_diff']:.2g}, dev {entry['dev']}")
+            typer.echo(
+                f"{variant}: {entry['file_bytes'] / 1e6:.1f} MB, max |logit diff| vs PyTorch "
+                f"{entry['max_abs_logit_diff']:.2g}, dev {entry['dev']}"
+            )
 
 
 @app.command("export-mkd")
@@ -236,8 +248,9 @@ def export_mkd(
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Export the MKD students of one architecture, one deployable folder per task (as ``export``)."""
-    from pipeline.evaluate import dev_splits
-    from pipeline.export import ExportError, export_mkd_students
+    from pipeline.errors import ExportError
+    from pipeline.stages.evaluate import dev_splits
+    from pipeline.stages.export_mkd import export_mkd_students
 
     with _user_errors():
         hp = load_params(params)
@@ -255,12 +268,19 @@ def export_mkd(
 @app.command()
 def predict(
     task: TaskOption,
-    input_path: Annotated[Path, typer.Argument(metavar="[FILE]", help="sentences, one per line (pairs: two "
-                                               "tab-separated columns); - = stdin")] = Path("-"),
-    model: Annotated[str, typer.Option(help="student-onnx | student-int8 | student-table (exported, onnxruntime); "
-                                            "student | baseline | teacher | mt_teacher (PyTorch); MKD students: "
-                                            "mkd_<architecture> (PyTorch) or mkd_<architecture>-<variant> "
-                                            "(exported), e.g. mkd_transformer-int8")] = "student-onnx",
+    input_path: Annotated[
+        Path,
+        typer.Argument(metavar="[FILE]", help="sentences, one per line (pairs: two tab-separated columns); - = stdin"),
+    ] = Path("-"),
+    model: Annotated[
+        str,
+        typer.Option(
+            help="student-onnx | student-int8 | student-table (exported, onnxruntime); "
+            "student | baseline | teacher | mt_teacher (PyTorch); MKD students: "
+            "mkd_<architecture> (PyTorch) or mkd_<architecture>-<variant> "
+            "(exported), e.g. mkd_transformer-int8"
+        ),
+    ] = "student-onnx",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="JSON lines file (default: stdout)")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
     threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads (default: all cores)")] = None,
@@ -270,8 +290,9 @@ def predict(
     params: Annotated[Path, typer.Option(help="params file (read for the teacher only)")] = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Label and class probabilities (STS-B: score) per input line, as JSON lines; any invalid line fails the run."""
-    from pipeline.io import write_text
-    from pipeline.predict import InputError, UnknownModelError, load_model, run_predict
+    from pipeline.data.io import write_text
+    from pipeline.errors import InputError, UnknownModelError
+    from pipeline.serving.predict import load_model, run_predict
 
     with _user_errors():
         spec = get_task(task)
@@ -347,9 +368,13 @@ def _precisions(value: str) -> list[str]:
     return precisions
 
 
-BenchTeacherOption = Annotated[Path | None, typer.Option(
-    "--teacher-dir", help="teacher folder (default: models/teacher/<task> if present, else teacher.checkpoint with a "
-    "fresh head)")]
+BenchTeacherOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--teacher-dir",
+        help="teacher folder (default: models/teacher/<task> if present, else teacher.checkpoint with a fresh head)",
+    ),
+]
 SentencesOption = Annotated[int, typer.Option(min=1, help="sentences (or pairs) timed")]
 ThreadsOption = Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: evaluate.threads)")]
 RepeatsOption = Annotated[int, typer.Option(min=1, help="timed rounds, interleaved across the measurements")]
@@ -369,7 +394,7 @@ def bench_score(
     json_path: JsonOption = None,
 ) -> None:
     """Score throughput: raw teacher forward ceiling vs our score stage vs a transformers pipeline."""
-    from pipeline.bench import format_report, run_bench
+    from pipeline.bench.score import format_report, run_bench
 
     sizes = _batch_sizes(batch_sizes)
     with _bench_inputs(task, params, teacher_dir, sentences, precision) as (spec, hp, model, tokenizer, table, sources):
@@ -389,7 +414,7 @@ def bench_precision(
     json_path: JsonOption = None,
 ) -> None:
     """Score speed and logit deviation of lower precisions against fp32 (score_table, interleaved rounds)."""
-    from pipeline.bench import format_precision_report, run_precision_bench
+    from pipeline.bench.score import format_precision_report, run_precision_bench
 
     chosen = _precisions(precisions)
     with _bench_inputs(task, params, teacher_dir, sentences, None) as (spec, hp, model, tokenizer, table, sources):
@@ -402,7 +427,7 @@ def _bench_inputs(
     task_name: str, params_path: Path, teacher_dir: Path | None, sentences: int, precision: str | None
 ) -> Iterator[tuple[Task, Params, Any, Any, Any, dict[str, str]]]:
     """Task, params (``score.precision`` overridden when given), teacher, benchmark rows and where they came from."""
-    from pipeline.bench import bench_sentences, bench_teacher, with_precision
+    from pipeline.bench.score import bench_sentences, bench_teacher, with_precision
 
     with _stage(task_name, params_path) as (spec, hp):
         hp = hp if precision is None else with_precision(hp, precision)
@@ -414,7 +439,7 @@ def _bench_inputs(
 
 
 def _bench_output(report: dict[str, Any], formatter: Callable[[dict[str, Any]], str], json_path: Path | None) -> None:
-    from pipeline.io import write_json
+    from pipeline.data.io import write_json
 
     typer.echo(formatter(report))
     if json_path is not None:
@@ -437,10 +462,10 @@ def bench_student(
     """Where the BiLSTM student's time goes at batch size 1 (PyTorch parts, onnxruntime ops per exported variant)."""
     import torch
 
-    from pipeline.bench_student import format_breakdown, run_bench
-    from pipeline.evaluate import dev_splits
-    from pipeline.student.architectures import load_student
-    from pipeline.teacher import table_texts
+    from pipeline.bench.student import format_breakdown, run_bench
+    from pipeline.data.schema import table_texts
+    from pipeline.stages.evaluate import dev_splits
+    from pipeline.students.architectures import load_student
 
     with _stage(task, params) as (spec, hp):
         if spec.is_pair:

@@ -9,8 +9,9 @@ from typing import Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from pipeline.sampling import SamplingScheme
-from pipeline.tasks import Task, get_task
+from pipeline.data.tasks import Task, get_task
+from pipeline.errors import ParamsError
+from pipeline.training.sampling import SamplingScheme
 
 GLUE_DIR_ENV = "DISTILLERY_GLUE_DIR"
 DEFAULT_PARAMS_PATH = Path("params.yaml")
@@ -18,10 +19,6 @@ DEFAULT_PARAMS_PATH = Path("params.yaml")
 
 Precision = Literal["fp32", "bf16", "fp16", "auto"]  # auto: bf16 (fp16 without bf16 support) on CUDA, fp32 on CPU
 PRECISIONS: tuple[str, ...] = get_args(Precision)
-
-
-class ParamsError(ValueError):
-    """params.yaml is missing, malformed, has an unknown key or a value of the wrong type."""
 
 
 class _Section(BaseModel):

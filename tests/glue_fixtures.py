@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.tasks import TASKS, Task, get_task
+from pipeline.data.tasks import TASKS, Task, get_task
 from tests.conftest import FILLER, NEGATIVE, POSITIVE
 
 
@@ -146,12 +146,31 @@ def _header(task: Task, split: str) -> list[str] | None:
         "mrpc": ["\ufeffQuality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
         "qqp": ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
         "stsb": [
-            "index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"
+            "index",
+            "genre",
+            "filename",
+            "year",
+            "old_index",
+            "source1",
+            "source2",
+            "sentence1",
+            "sentence2",
+            "score",
         ],
         "mnli": [
-            "index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-            "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1",
-            *(["label2", "label3", "label4", "label5"] if split != "train" else []), "gold_label",
+            "index",
+            "promptID",
+            "pairID",
+            "genre",
+            "sentence1_binary_parse",
+            "sentence2_binary_parse",
+            "sentence1_parse",
+            "sentence2_parse",
+            "sentence1",
+            "sentence2",
+            "label1",
+            *(["label2", "label3", "label4", "label5"] if split != "train" else []),
+            "gold_label",
         ],
         "qnli": ["index", "question", "sentence", "label"],
         "rte": ["index", "sentence1", "sentence2", "label"],
@@ -178,8 +197,18 @@ def _fields(task: Task, split: str, i: int, ex: Example) -> list[str]:
         others = [other for other in MNLI_LETTER if other != label]
         annotators = [label] if split == "train" else [label, label, others[i % 2], label, label]
         return [
-            str(i), str(prompt), f"{prompt}{MNLI_LETTER[label]}", genres[i % len(genres)],
-            _binary_parse(a), _binary_parse(b), _parse(a), _parse(b), a, b, *annotators, label,
+            str(i),
+            str(prompt),
+            f"{prompt}{MNLI_LETTER[label]}",
+            genres[i % len(genres)],
+            _binary_parse(a),
+            _binary_parse(b),
+            _parse(a),
+            _parse(b),
+            a,
+            b,
+            *annotators,
+            label,
         ]
     return [str(i), a, b, label]  # qnli, rte, wnli
 

@@ -12,9 +12,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.augment import (
-    MASK_TOKEN,
-    TaggerUnavailableError,
+from pipeline.data.schema import MASK_TOKEN, OP_MASK, OP_NGRAM, OP_POS, prepared_schema, transfer_schema
+from pipeline.data.tasks import Task, get_task
+from pipeline.errors import TaggerUnavailableError
+from pipeline.params import AugmentParams, Params
+from pipeline.stages.augment import (
     TagVocab,
     _sides_to_augment,
     augment_sentence,
@@ -26,9 +28,6 @@ from pipeline.augment import (
     sample_ngram,
     tag_sentences,
 )
-from pipeline.params import AugmentParams, Params
-from pipeline.schema import OP_MASK, OP_NGRAM, OP_POS, prepared_schema, transfer_schema
-from pipeline.tasks import Task, get_task
 
 SST2 = get_task("sst2")
 MRPC = get_task("mrpc")
@@ -353,7 +352,7 @@ def test_run_augment_writes_the_table(tmp_path: Path, caplog: pytest.LogCaptureF
     pq.write_table(source, prepared_path)
     out_path = tmp_path / "augmented" / "sst2.parquet"
     params = Params(seed=3, augment=AugmentParams(n_iter_single=4))
-    with caplog.at_level(logging.INFO, logger="pipeline.augment"):
+    with caplog.at_level(logging.INFO, logger="pipeline.stages.augment"):
         table = run_augment(SST2, params, prepared_path, out_path)
     assert pq.read_table(out_path).equals(table)
     assert list(out_path.parent.iterdir()) == [out_path]  # no temporary file left behind

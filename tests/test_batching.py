@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.batching import process_share
+from pipeline.data.batching import process_share
 
 
 @pytest.mark.parametrize(("rows", "processes"), [(32, 2), (33, 2), (7, 3), (1, 2), (2, 4), (0, 2)])

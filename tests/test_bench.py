@@ -7,13 +7,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pipeline.bench import Measurement, bench_sentences, interleaved_rates, run_bench, run_precision_bench
+from pipeline.bench.score import Measurement, bench_sentences, interleaved_rates, run_bench, run_precision_bench
 from pipeline.cli import app
-from pipeline.io import write_parquet
+from pipeline.data.io import write_parquet
+from pipeline.data.schema import prepared_schema, transfer_schema
+from pipeline.data.tasks import get_task
 from pipeline.params import GLUE_DIR_ENV
-from pipeline.schema import prepared_schema, transfer_schema
-from pipeline.tasks import get_task
-from pipeline.teacher import load_teacher
+from pipeline.serving.teacher import load_teacher
 from tests.conftest import REPO_ROOT
 from tests.test_score import params_with, save_tiny_teacher, transfer_table
 
@@ -127,16 +127,33 @@ def test_sentences_come_from_transfer_set_else_prepared_else_glue(tmp_path, monk
 def test_bench_commands_print_and_save_the_numbers(teacher_dir, tmp_path, monkeypatch, glue_dir):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(GLUE_DIR_ENV, str(glue_dir))
-    common = ["--task", "sst2", "--params", str(REPO_ROOT / "params.yaml"), "--teacher-dir", str(teacher_dir),
-              "--sentences", "40", "--threads", "1", "--repeats", "2"]
+    common = [
+        "--task",
+        "sst2",
+        "--params",
+        str(REPO_ROOT / "params.yaml"),
+        "--teacher-dir",
+        str(teacher_dir),
+        "--sentences",
+        "40",
+        "--threads",
+        "1",
+        "--repeats",
+        "2",
+    ]
     args = ["bench", "score", *common, "--batch-sizes", "8,16", "--json", "bench.json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "bench.json").read_text())
     check_consistent(report, 40, [8, 16], repeats=2)
     assert report["command"].startswith("python -m pipeline") and report["teacher"] == str(teacher_dir)
-    for line in ("ceiling (forward only", "ours (score_table + Parquet", "naive (transformers pipeline",
-                 "ours/ceiling: ", "rounds: 2 (interleaved"):
+    for line in (
+        "ceiling (forward only",
+        "ours (score_table + Parquet",
+        "naive (transformers pipeline",
+        "ours/ceiling: ",
+        "rounds: 2 (interleaved",
+    ):
         assert line in result.stdout
     assert CliRunner().invoke(app, [*args[:-2], "--batch-sizes", "8,x"]).exit_code == 2
 

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.data.tasks import get_task
 from pipeline.params import BiattentiveParams, Params, load_params
-from pipeline.student.base import Batch, count_parameters
-from pipeline.student.biattentive import BiattentiveStudent
-from pipeline.student.encoding import WordEncoder, WordPieceEncoder
-from pipeline.tasks import get_task
+from pipeline.students.base import Batch, count_parameters
+from pipeline.students.biattentive import BiattentiveStudent
+from pipeline.students.encoding import WordEncoder, WordPieceEncoder
 from tests.conftest import REPO_ROOT
 
 TASKS = [get_task(name) for name in ("sst2", "mrpc", "stsb")]
@@ -186,7 +186,11 @@ def test_onnx_export_matches_torch_on_other_shapes(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            exported, padded([3, 7, 2], seed=0), path, input_names=["ids", "lengths"], output_names=["logits"],
+            exported,
+            padded([3, 7, 2], seed=0),
+            path,
+            input_names=["ids", "lengths"],
+            output_names=["logits"],
             dynamic_axes={"ids": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "logits": {0: "batch"}},
             dynamo=False,
         )
@@ -199,4 +203,3 @@ def test_onnx_export_matches_torch_on_other_shapes(tmp_path: Path) -> None:
 def test_repo_params_yaml_section_matches_defaults() -> None:
     params = load_params(REPO_ROOT / "params.yaml")
     assert params.biattentive == BiattentiveParams()
-

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pipeline import device
-from pipeline.params import ParamsError
+from pipeline.errors import ParamsError
+from pipeline.training import device
 
 CPU = torch.device("cpu")
 

@@ -15,21 +15,17 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipeline import deploy
-from pipeline.export import (
-    ExportError,
-    check_variants,
-    export_student,
-    standalone_tokenizer,
-    write_export,
-)
-from pipeline.metrics import compute_metrics
+from pipeline.data.metrics import compute_metrics
+from pipeline.data.tasks import get_task
+from pipeline.errors import ExportError
 from pipeline.params import BiLSTMParams, ExportParams, Params
-from pipeline.student.architectures import save_student
-from pipeline.student.bilstm import BiLSTMStudent
-from pipeline.student.encoding import WordEncoder, build_word_vocab
-from pipeline.student.train import predict
-from pipeline.tasks import get_task
+from pipeline.serving import deploy
+from pipeline.serving.export import check_variants, standalone_tokenizer, write_export
+from pipeline.stages.export import export_student
+from pipeline.students.architectures import save_student
+from pipeline.students.bilstm import BiLSTMStudent
+from pipeline.students.encoding import WordEncoder, build_word_vocab
+from pipeline.students.inference import predict
 from tests.conftest import make_sentence
 
 PARITY = 1e-4
@@ -227,7 +223,7 @@ def test_export_student_from_a_saved_multitask_folder(tmp_path, tiny_bert_dir):
 def test_mkd_architectures_export_with_parity(tmp_path, tiny_bert_dir, architecture, task_name):
     """The MKD students export too: the bi-attentive LSTM (separate token lists) and the Transformer (one joint
     "[CLS] a [SEP] b [SEP]" sequence with segment ids, truncated longest-first like the PyTorch encoder)."""
-    from pipeline.student.architectures import get_architecture
+    from pipeline.students.architectures import get_architecture
 
     params = Params.model_validate({
         "biattentive": {"feedforward_size": 8, "encoder_size": 4, "integrator_size": 4, "output_sizes": [8],

@@ -9,11 +9,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.augment import MASK_TOKEN, build_transfer_set, load_tagger, tag_sentences
+from pipeline.data.glue import read_glue_tsv
+from pipeline.data.schema import MASK_TOKEN, prepared_schema
+from pipeline.data.tasks import TASKS, Task, get_task
+from pipeline.errors import GlueFormatError
 from pipeline.params import GLUE_DIR_ENV, AugmentParams, Params
-from pipeline.prepare import GlueFormatError, read_glue_tsv, run_prepare
-from pipeline.schema import prepared_schema
-from pipeline.tasks import TASKS, Task, get_task
+from pipeline.stages.augment import build_transfer_set, load_tagger, tag_sentences
+from pipeline.stages.prepare import run_prepare
 from tests.glue_fixtures import Example, data_line_no, drop_column, edit_line, split_path, write_task
 
 PAIR_TASKS = [name for name, task in TASKS.items() if task.is_pair]

@@ -3,8 +3,8 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from pipeline.metrics import compute_metrics, predictions_from_outputs
-from pipeline.tasks import get_task
+from pipeline.data.metrics import compute_metrics, predictions_from_outputs
+from pipeline.data.tasks import get_task
 
 RNG = np.random.default_rng(0)
 LOGITS = RNG.normal(size=(200, 2)).astype(np.float32)

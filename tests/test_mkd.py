@@ -11,13 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import paths
+from pipeline.data.schema import shard_schema
+from pipeline.data.subsets import subset_originals
+from pipeline.data.tasks import get_task
 from pipeline.params import Params
-from pipeline.schema import shard_schema
-from pipeline.score import write_manifest
-from pipeline.student.architectures import load_student, read_student_config
-from pipeline.student.train import predict
-from pipeline.subsets import subset_originals
-from pipeline.tasks import get_task
+from pipeline.stages.score import write_manifest
+from pipeline.students.architectures import load_student, read_student_config
+from pipeline.students.inference import predict
 from tests.test_student import NEGATIVE, POSITIVE, sentence, teacher_dir, write_prepared  # noqa: F401 (fixture)
 
 TASKS = ("sst2", "rte", "stsb")
@@ -54,7 +54,8 @@ def write_task(root: Path, task_name: str, n_originals: int = 60) -> None:
     write_manifest(task, shard_dir, {}, Params())
     dev = [
         {"id": i, "text_a": r["text_a"], "text_b": r["text_b"], "label": r["label"]}
-        for i, r in enumerate(transfer_rows(task_name, 20, seed=99)) if r["is_original"]
+        for i, r in enumerate(transfer_rows(task_name, 20, seed=99))
+        if r["is_original"]
     ]
     write_prepared(root / "prepared", task_name, "dev", dev)
 
@@ -83,7 +84,7 @@ def mkd_params(teacher_dir: Path) -> Params:  # noqa: F811 (pytest fixture)
 
 
 def test_run_mkd_joint_and_fine_tuned_students(mkd_params: Params, tmp_path: Path) -> None:
-    from pipeline.mkd import run_mkd
+    from pipeline.stages.mkd import run_mkd
 
     for task in TASKS:
         write_task(tmp_path, task)
@@ -116,7 +117,7 @@ def test_run_mkd_joint_and_fine_tuned_students(mkd_params: Params, tmp_path: Pat
 
 
 def test_run_mkd_without_fine_tuning_writes_only_the_joint_model(mkd_params: Params, tmp_path: Path) -> None:
-    from pipeline.mkd import run_mkd
+    from pipeline.stages.mkd import run_mkd
 
     for task in ("sst2", "stsb"):
         write_task(tmp_path, task, n_originals=30)

@@ -14,14 +14,16 @@ import pytest
 from safetensors.torch import load_file
 
 from pipeline import paths
-from pipeline.io import write_parquet
+from pipeline.data.io import write_parquet
+from pipeline.data.schema import transfer_schema
+from pipeline.data.shards import load_shards, logits_matrix
+from pipeline.data.tasks import get_task
 from pipeline.params import MtTeacherParams, load_params
-from pipeline.prepare import run_prepare
-from pipeline.schema import transfer_schema
-from pipeline.score import run_score
-from pipeline.shards import load_shards, logits_matrix
-from pipeline.tasks import get_task
-from pipeline.teacher import TRACE_ROWS_ENV, fine_tune, load_teacher
+from pipeline.serving.teacher import load_teacher
+from pipeline.stages.prepare import run_prepare
+from pipeline.stages.score import run_score
+from pipeline.stages.teacher import fine_tune
+from pipeline.training.finetune import TRACE_ROWS_ENV
 from tests.conftest import REPO_ROOT
 from tests.glue_fixtures import write_glue
 

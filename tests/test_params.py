@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.params import GLUE_DIR_ENV, ParamsError, load_params
+from pipeline.errors import ParamsError
+from pipeline.params import GLUE_DIR_ENV, load_params
 from tests.conftest import REPO_ROOT
 
 
@@ -71,7 +72,7 @@ def test_glue_dir_env_override(tmp_path, monkeypatch):
 
 
 def test_pair_tasks_train_with_their_own_batch_size():
-    from pipeline.tasks import get_task
+    from pipeline.data.tasks import get_task
 
     params = load_params(REPO_ROOT / "params.yaml")
     assert params.student.batch_size_for(get_task("sst2")) == 50

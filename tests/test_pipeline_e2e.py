@@ -100,7 +100,12 @@ def test_augment_param_reruns_only_downstream_stages(project):
     assert "augment@sst2" in status and "teacher@sst2" not in status
     result = dvc("repro", cwd=project)
     assert stages_run(result) == {
-        "augment@sst2", "score@sst2", "mt_score@sst2", "student@sst2", "export@sst2", "evaluate@sst2"
+        "augment@sst2",
+        "score@sst2",
+        "mt_score@sst2",
+        "student@sst2",
+        "export@sst2",
+        "evaluate@sst2",
     } | MKD_STAGES | {"compare"}
 
 
@@ -125,14 +130,30 @@ def test_inference_precision_reruns_scoring_and_training_precision_the_teacher(p
 
 def test_evaluate_accepts_any_glue_tsv(project, tmp_path):
     held_out = write_sst2(tmp_path / "held", n_train=4, n_dev=12, seed=7) / "SST-2" / "dev.tsv"
-    result = run([sys.executable, "-m", "pipeline", "evaluate", "--task", "sst2", "--data", str(held_out),
-                  "--out", str(tmp_path / "held.json")], project)
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "evaluate",
+            "--task",
+            "sst2",
+            "--data",
+            str(held_out),
+            "--out",
+            str(tmp_path / "held.json"),
+        ],
+        project,
+    )
     report = json.loads((tmp_path / "held.json").read_text())
     assert set(report["quality"]) == {"dev"}
     single_task = {"teacher", "student", "baseline", "student-onnx", "student-int8", "student-table"}
     # The MKD models trained by the same repro: the joint student, the fine-tuned one and its exported variants.
-    mkd = {f"mkd_{arch}{suffix}" for arch in ("bilstm", "biattentive", "transformer")
-           for suffix in ("", "_joint", "-onnx", "-int8")} | {"mkd_bilstm-table"}
+    mkd = {
+        f"mkd_{arch}{suffix}"
+        for arch in ("bilstm", "biattentive", "transformer")
+        for suffix in ("", "_joint", "-onnx", "-int8")
+    } | {"mkd_bilstm-table"}
     assert set(report["quality"]["dev"]) == single_task | mkd | {"mt_teacher"}
     assert "| teacher |" in result.stdout
 
@@ -161,7 +182,8 @@ def test_bad_glue_file_fails_cleanly(project, tmp_path):
     out.mkdir()
     result = run(
         [sys.executable, "-m", "pipeline", "prepare", "--task", "sst2", "--params", str(tmp_path / "params.yaml")],
-        out, check=False,
+        out,
+        check=False,
     )
     assert result.returncode == 1
     assert f"error: {train}:82: not valid UTF-8" in result.stderr

@@ -20,7 +20,9 @@ MODELS = ("teacher", "student", "baseline", "student-onnx", "student-int8", "stu
 FIRST_TASKS = ["sst2", "qqp", "stsb"]
 MKD_STUDENTS = ("biattentive", "transformer", "bilstm")
 MULTI_TASK_STAGES = {
-    "mt_teacher", *(f"{stage}@{s}" for stage in ("mkd", "export_mkd") for s in MKD_STUDENTS), "compare"
+    "mt_teacher",
+    *(f"{stage}@{s}" for stage in ("mkd", "export_mkd") for s in MKD_STUDENTS),
+    "compare",
 }
 
 
@@ -103,7 +105,11 @@ def test_repro_runs_every_stage_of_every_task(project):
             assert config["tasks"] == [task]
     comparison = json.loads((project / "metrics" / "comparison.json").read_text())
     models = {
-        "teacher", "mt_teacher", "student", "baseline", *(f"mkd_{s}{j}" for s in MKD_STUDENTS for j in ("", "_joint"))
+        "teacher",
+        "mt_teacher",
+        "student",
+        "baseline",
+        *(f"mkd_{s}{j}" for s in MKD_STUDENTS for j in ("", "_joint")),
     }
     exported = {f"mkd_{s}-{variant}" for s in MKD_STUDENTS for variant in ("onnx", "int8")} | {"student-onnx"}
     assert models | exported <= set(comparison["models"]) == set(comparison["average"])

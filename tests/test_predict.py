@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import deploy, paths
+from pipeline import paths
 from pipeline.cli import app
-from pipeline.export import write_export
+from pipeline.data.tasks import get_task
 from pipeline.params import ExportParams
-from pipeline.predict import parse_lines
-from pipeline.student.architectures import save_student
-from pipeline.tasks import get_task
+from pipeline.serving import deploy
+from pipeline.serving.export import write_export
+from pipeline.serving.predict import parse_lines
+from pipeline.students.architectures import save_student
 from tests.test_export import build_student, texts
 
 MAX_LENGTH = 32  # longer than any texts() sentence

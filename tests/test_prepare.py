@@ -2,10 +2,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.data.glue import read_glue_tsv
+from pipeline.data.schema import prepared_schema
+from pipeline.data.tasks import get_task
+from pipeline.errors import GlueFormatError
 from pipeline.params import load_params
-from pipeline.prepare import GlueFormatError, read_glue_tsv, run_prepare, subsample
-from pipeline.schema import prepared_schema
-from pipeline.tasks import get_task
+from pipeline.stages.prepare import run_prepare, subsample
 from tests.conftest import REPO_ROOT
 
 SST2 = get_task("sst2")

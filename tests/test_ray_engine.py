@@ -6,11 +6,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.io import write_parquet
-from pipeline.schema import shard_schema
-from pipeline.score import run_score
-from pipeline.shards import MANIFEST_NAME, logits_matrix, verify_shards
-from pipeline.tasks import get_task
+from pipeline.data.io import write_parquet
+from pipeline.data.schema import shard_schema
+from pipeline.data.shards import MANIFEST_NAME, logits_matrix, verify_shards
+from pipeline.data.tasks import get_task
+from pipeline.stages.score import run_score
 from tests.test_score import params_with, save_tiny_teacher, transfer_table
 
 ray = pytest.importorskip("ray")
@@ -23,15 +23,25 @@ SHARD_ROWS = 20
 def inputs(tmp_path_factory, tiny_bert_dir):
     root = tmp_path_factory.mktemp("ray-engine")
     write_parquet(transfer_table(SST2, 95), root / "transfer.parquet")
-    local = run_score(SST2, params_with(shard_rows=SHARD_ROWS), root / "transfer.parquet",
-                      save_tiny_teacher(tiny_bert_dir, root / "teacher"), root / "local")
+    local = run_score(
+        SST2,
+        params_with(shard_rows=SHARD_ROWS),
+        root / "transfer.parquet",
+        save_tiny_teacher(tiny_bert_dir, root / "teacher"),
+        root / "local",
+    )
     return root, local
 
 
 def test_ray_writes_the_local_engines_shards(inputs):
     root, local = inputs
-    manifest = run_score(SST2, params_with(shard_rows=SHARD_ROWS, engine="ray"), root / "transfer.parquet",
-                         root / "teacher", root / "ray")
+    manifest = run_score(
+        SST2,
+        params_with(shard_rows=SHARD_ROWS, engine="ray"),
+        root / "transfer.parquet",
+        root / "teacher",
+        root / "ray",
+    )
     assert not ray.is_initialized()  # the engine shut down the local instance it started
     assert [(s["file"], s["rows"]) for s in manifest["shards"]] == [(s["file"], s["rows"]) for s in local["shards"]]
     assert {key: value for key, value in manifest.items() if key != "shards"} == {
@@ -56,7 +66,7 @@ def test_ray_resumes_on_a_running_instance(inputs, caplog):
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        with caplog.at_level(logging.INFO, logger="pipeline.score"):
+        with caplog.at_level(logging.INFO, logger="pipeline.stages.score"):
             manifest = run_score(SST2, params, root / "transfer.parquet", root / "teacher", out)
         assert ray.is_initialized()  # an instance the engine did not start is left running
     finally:

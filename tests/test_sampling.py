@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.sampling import TaskBatchSampler, task_probabilities
+from pipeline.training.sampling import TaskBatchSampler, task_probabilities
 
 SIZES = {"big": 600, "mid": 150, "small": 37}
 BATCH_SIZES = {"big": 16, "mid": 8, "small": 5}

@@ -8,15 +8,16 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from pipeline import score as score_module
-from pipeline.io import write_parquet
+from pipeline.data.io import write_parquet
+from pipeline.data.schema import shard_schema, transfer_schema
+from pipeline.data.shards import MANIFEST_NAME, load_shards, logits_matrix, read_manifest, verify_shards
+from pipeline.data.subsets import subset_originals
+from pipeline.data.tasks import get_task
+from pipeline.errors import ShardError
 from pipeline.params import load_params
-from pipeline.schema import shard_schema, transfer_schema
-from pipeline.score import run_score
-from pipeline.shards import MANIFEST_NAME, ShardError, load_shards, logits_matrix, read_manifest, verify_shards
-from pipeline.subsets import subset_originals
-from pipeline.tasks import get_task
-from pipeline.teacher import load_teacher, predict_logits
+from pipeline.serving.teacher import load_teacher, predict_logits
+from pipeline.stages import score as score_module
+from pipeline.stages.score import run_score
 from tests.conftest import REPO_ROOT
 
 SST2 = get_task("sst2")

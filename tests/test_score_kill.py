@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipeline import paths
-from pipeline.io import write_parquet
-from pipeline.shards import MANIFEST_NAME, SHARD_GLOB, load_shards
-from pipeline.tasks import get_task
+from pipeline.data.io import write_parquet
+from pipeline.data.shards import MANIFEST_NAME, SHARD_GLOB, load_shards
+from pipeline.data.tasks import get_task
 from tests.conftest import REPO_ROOT, tiny_params
 from tests.test_score import save_tiny_teacher, transfer_table
 

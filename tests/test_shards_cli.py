@@ -12,11 +12,11 @@ from scipy.stats import entropy
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.io import write_parquet
-from pipeline.score import run_score
-from pipeline.shards import MANIFEST_NAME, logits_matrix
-from pipeline.tasks import get_task
-from pipeline.teacher import teacher_fingerprint
+from pipeline.data.io import write_parquet
+from pipeline.data.shards import MANIFEST_NAME, logits_matrix
+from pipeline.data.tasks import get_task
+from pipeline.serving.teacher import teacher_fingerprint
+from pipeline.stages.score import run_score
 from tests.test_score import params_with, save_tiny_teacher, transfer_table
 
 SST2 = get_task("sst2")

@@ -14,17 +14,19 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
-from pipeline import device
-from pipeline.batching import bucket_batches
-from pipeline.metrics import compute_metrics
+from pipeline.data.batching import bucket_batches
+from pipeline.data.metrics import compute_metrics
+from pipeline.data.schema import prepared_schema, shard_schema
+from pipeline.data.tasks import Task, get_task
+from pipeline.errors import ShardError
 from pipeline.params import BiLSTMParams, Params, StudentParams, TrainParams
-from pipeline.schema import prepared_schema, shard_schema
-from pipeline.score import write_manifest
-from pipeline.shards import ShardError
-from pipeline.student.architectures import load_student
-from pipeline.student.base import count_parameters
-from pipeline.student.bilstm import BiLSTMStudent
-from pipeline.student.encoding import (
+from pipeline.stages.baseline import train_baseline
+from pipeline.stages.score import write_manifest
+from pipeline.stages.student import train_student
+from pipeline.students.architectures import load_student
+from pipeline.students.base import count_parameters
+from pipeline.students.bilstm import BiLSTMStudent
+from pipeline.students.encoding import (
     StudentEncoder,
     TokenArray,
     WordEncoder,
@@ -32,16 +34,12 @@ from pipeline.student.encoding import (
     build_word_vocab,
     read_word_vectors,
 )
-from pipeline.student.optim import SparseAdadelta
-from pipeline.student.train import (
-    distillation_loss,
-    predict,
-    read_shards,
-    train_baseline,
-    train_student,
-    training_autocast_dtype,
-)
-from pipeline.tasks import Task, get_task
+from pipeline.students.inference import predict
+from pipeline.training import device
+from pipeline.training.fit import training_autocast_dtype
+from pipeline.training.losses import distillation_loss
+from pipeline.training.optim import SparseAdadelta
+from pipeline.training.student_data import read_shards
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 POSITIVE = ["good", "great", "fine", "lovely"]
@@ -421,8 +419,13 @@ def test_train_student_is_deterministic(teacher_dir: Path, tmp_path: Path) -> No
     write_prepared(prepared, "sst2", "dev", sentiment_rows(20, seed=2))
     for run in ("one", "two"):
         train_student(
-            get_task("sst2"), tiny_params(epochs=2), shards, prepared, teacher_dir,
-            tmp_path / run, tmp_path / f"log-{run}",
+            get_task("sst2"),
+            tiny_params(epochs=2),
+            shards,
+            prepared,
+            teacher_dir,
+            tmp_path / run,
+            tmp_path / f"log-{run}",
         )
     assert (tmp_path / "one" / "model.pt").read_bytes() == (tmp_path / "two" / "model.pt").read_bytes()
 

@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipeline import paths
-from pipeline.distributed import Processes, shard_part
-from pipeline.student.architectures import load_student
-from pipeline.student.train import predict
+from pipeline.data.shards import shard_part
+from pipeline.students.architectures import load_student
+from pipeline.students.inference import predict
+from pipeline.training.distributed import Processes
 from tests.conftest import REPO_ROOT
 from tests.test_student import (  # noqa: F401 (fixture)
     sentiment_rows,

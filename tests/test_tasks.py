@@ -1,6 +1,7 @@
 import pytest
 
-from pipeline.tasks import TASKS, UnknownTaskError, get_task
+from pipeline.data.tasks import TASKS, get_task
+from pipeline.errors import UnknownTaskError
 
 
 def test_registry_describes_every_glue_task():

@@ -6,22 +6,14 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from pipeline.data.tasks import get_task
 from pipeline.params import load_params
-from pipeline.prepare import run_prepare
-from pipeline.sampling import TaskBatchSampler
-from pipeline.tasks import get_task
-from pipeline.teacher import (
-    FineTuning,
-    RowTrace,
-    accelerated,
-    build_teacher,
-    fine_tune,
-    load_task_data,
-    load_teacher,
-    predict_logits,
-    resolve_checkpoint,
-    training_schedule,
-)
+from pipeline.serving.teacher import load_teacher, predict_logits, resolve_checkpoint
+from pipeline.stages.prepare import run_prepare
+from pipeline.stages.teacher import fine_tune
+from pipeline.training.accelerator import accelerated
+from pipeline.training.finetune import FineTuning, RowTrace, build_teacher, load_task_data, training_schedule
+from pipeline.training.sampling import TaskBatchSampler
 from tests.conftest import REPO_ROOT
 
 SENTENCES = ["a charming and often affecting journey .", "unflinchingly bleak and desperate", "the film is good"]

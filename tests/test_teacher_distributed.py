@@ -17,10 +17,13 @@ import yaml
 from transformers import BertConfig
 
 from pipeline import paths
+from pipeline.data.schema import table_texts
+from pipeline.data.tasks import get_task
 from pipeline.params import load_params
-from pipeline.prepare import run_prepare
-from pipeline.tasks import get_task
-from pipeline.teacher import TRACE_ROWS_ENV, fine_tune, load_teacher, predict_logits, table_texts
+from pipeline.serving.teacher import load_teacher, predict_logits
+from pipeline.stages.prepare import run_prepare
+from pipeline.stages.teacher import fine_tune
+from pipeline.training.finetune import TRACE_ROWS_ENV
 from tests.conftest import REPO_ROOT, build_tiny_bert, tiny_params
 from tests.glue_fixtures import write_glue
 

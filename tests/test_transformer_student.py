@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertForSequenceClassification, BertModel
 
+from pipeline.data.tasks import get_task
 from pipeline.params import Params, TransformerParams
-from pipeline.student.encoding import StudentEncoder
-from pipeline.student.transformer import TransformerEncoder, TransformerStudent
-from pipeline.tasks import get_task
+from pipeline.students.encoding import StudentEncoder
+from pipeline.students.transformer import TransformerEncoder, TransformerStudent
 
 TASKS = [get_task("sst2"), get_task("mnli"), get_task("stsb")]
 TINY_LAYERS = 2  # depth of tests/conftest.py's tiny BERT

@@ -1,0 +1,127 @@
+"""Compare stage: every model of every task in one run — single-task and multi-task teachers, Tang et al.'s KD
+students, no-KD baselines and the MKD students — with each task's metrics, the GLUE-style average (mean over tasks
+of each task's mean metric), parameter counts and CPU throughput."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from pipeline.data.tasks import Task, get_task
+from pipeline.params import Params
+from pipeline.serving.catalogue import multi_task_models, single_task_models
+from pipeline.stages.evaluate import dev_splits, evaluate_models
+
+REFERENCE_TEACHER = "teacher"
+REFERENCE_STUDENT = "student"
+DISPLAY_NAMES = {
+    "teacher": "teacher (single-task)",
+    "mt_teacher": "teacher (multi-task)",
+    "student": "Tang BiLSTM student (KD)",
+    "baseline": "BiLSTM, no KD",
+}
+
+
+def display_name(model: str) -> str:
+    """Readable name of a model key, e.g. ``mkd_biattentive_joint`` -> ``MKD biattentive (joint, no fine-tuning)``,
+    ``mkd_transformer-int8`` -> ``MKD transformer, ONNX int8``."""
+    if model in DISPLAY_NAMES:
+        return DISPLAY_NAMES[model]
+    model, _, variant = model.partition("-")
+    if variant:
+        return f"{display_name(model)}, ONNX {'fp32' if variant == 'onnx' else variant}"
+    name = model.removeprefix("mkd_")
+    if name.endswith("_joint"):
+        return f"MKD {name.removesuffix('_joint')} (joint, no fine-tuning)"
+    return f"MKD {name}"
+
+
+def task_score(report: dict[str, Any], model: str) -> float:
+    """A task's GLUE-style score of ``model`` (x100): the mean of every metric on every dev split."""
+    return 100 * statistics.fmean(value for split in report["quality"].values() for value in split[model].values())
+
+
+def compare(params: Params) -> dict[str, Any]:
+    """Evaluate every model on every task's dev split(s); summarise scores, averages, sizes and speed ratios."""
+    tasks = [get_task(name) for name in params.tasks]
+    reports = {
+        task.name: evaluate_models(
+            task, params, {**single_task_models(task, params), **multi_task_models(task, params)}, dev_splits(task)
+        )
+        for task in tasks
+    }  # fmt: skip
+    models = reports[tasks[0].name]["models"]
+    scores = {model: {name: task_score(report, model) for name, report in reports.items()} for model in models}
+    average = {model: statistics.fmean(values.values()) for model, values in scores.items()}
+    speed_ratios = {
+        model: {
+            task: {
+                key: rates[model]["median"] / rates[REFERENCE_TEACHER]["median"]
+                for key, rates in report["cpu_sentences_per_second"].items()
+            }
+            for task, report in reports.items()
+        }
+        for model in models
+    }
+    return {
+        "tasks": [task.name for task in tasks],
+        "models": models,
+        "score": scores,
+        "average": average,
+        "average_minus_single_teachers": {model: average[model] - average[REFERENCE_TEACHER] for model in models},
+        "average_minus_tang_students": {model: average[model] - average[REFERENCE_STUDENT] for model in models},
+        "speed_over_single_teacher": speed_ratios,
+        "reports": reports,
+    }
+
+
+def metrics_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The compact part of ``compare``'s result for ``dvc metrics`` (the per-task reports left out)."""
+    return {key: value for key, value in summary.items() if key != "reports"}
+
+
+def _metric_header(task: Task) -> str:
+    splits = "/".join(task.dev_splits) if len(task.dev_splits) > 1 else ""
+    return f"{task.name} {'/'.join(task.metrics)}" + (f" ({splits})" if splits else "")
+
+
+def markdown_report(summary: dict[str, Any]) -> str:
+    """Two Markdown tables: dev quality per task with the average, and size and CPU speed."""
+    tasks = [get_task(name) for name in summary["tasks"]]
+    reports = summary["reports"]
+    header = ["model", *[_metric_header(task) for task in tasks], "average", "vs Tang students", "vs teachers"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model in summary["models"]:
+        cells = [display_name(model)]
+        for task in tasks:
+            quality = reports[task.name]["quality"]
+            values = [100 * quality[split][model][metric] for split in task.dev_splits for metric in task.metrics]
+            cells.append("/".join(f"{value:.1f}" for value in values))
+        cells += [
+            f"{summary['average'][model]:.2f}",
+            f"{summary['average_minus_tang_students'][model]:+.2f}",
+            f"{summary['average_minus_single_teachers'][model]:+.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    speed_task = tasks[0].name
+    speed = reports[speed_task]["cpu_sentences_per_second"]
+    keys = list(speed)
+    lines += [
+        "",
+        f"Size, and CPU sentences/s on {speed_task} dev ({reports[speed_task]['cpu_threads']} threads, "
+        "tokenisation included; median of interleaved passes):",
+        "",
+    ]
+    header = ["model", "params", "params w/o emb", "size MB", *[f"sent/s {key.replace('_', ' ')}" for key in keys],
+              *[f"vs teacher {key.replace('_', ' ')}" for key in keys]]  # fmt: skip
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model in summary["models"]:
+        sizes = reports[speed_task]["parameters"][model]
+        ratios = summary["speed_over_single_teacher"][model][speed_task]
+        counts = (f"{sizes[key]:,}" if key in sizes else "-" for key in ("total", "without_embeddings"))
+        cells = [display_name(model), *counts]
+        cells.append(f"{sizes['bytes'] / 1e6:.1f}")
+        cells += [f"{speed[key][model]['median']:.1f}" for key in keys] + [f"{ratios[key]:.1f}x" for key in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

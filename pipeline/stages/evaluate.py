@@ -1,0 +1,178 @@
+"""``evaluate`` stage: teacher vs KD student vs no-KD baseline vs the exported student variants on dev (or any file).
+
+Reports each task metric, parameter counts and sizes, and CPU inference throughput at several batch sizes,
+tokenisation included, all models timed in one run with the same thread count (torch threads and onnxruntime
+intra-op threads), their timed passes interleaved (model A, B, C, then A, B, C again...) so a change of machine load
+biases no model. The models come from ``pipeline.serving.catalogue``; the same functions evaluate the multi-task
+models (the MKD comparison)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from pipeline import paths
+from pipeline.data.glue import read_glue_tsv
+from pipeline.data.metrics import compute_metrics
+from pipeline.data.schema import table_texts
+from pipeline.data.tasks import Task
+from pipeline.params import Params
+from pipeline.serving.catalogue import ModelSource, Predictor, existing, multi_task_models, single_task_models
+from pipeline.serving.predict import EXPORTED_PREFIX
+from pipeline.training.device import pick_device, torch_threads
+
+
+def time_pass(predictor: Predictor, text_a: Sequence[str], text_b: Sequence[str] | None, batch_size: int) -> float:
+    """Seconds for one pass over the texts, tokenisation included."""
+    start = time.perf_counter()
+    predictor(text_a, text_b, batch_size)
+    return time.perf_counter() - start
+
+
+def measure_throughput(
+    predictors: dict[str, Predictor], text_a: Sequence[str], text_b: Sequence[str] | None, batch_size: int, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Sentences (or pairs) per second of every predictor: ``repeats`` passes each after a warm-up, interleaved
+    across predictors; the median pass counts, ``min``/``max`` give the spread."""
+    for predictor in predictors.values():
+        predictor(text_a[:batch_size], text_b[:batch_size] if text_b else None, batch_size)  # warm-up
+    seconds: dict[str, list[float]] = {name: [] for name in predictors}
+    for _ in range(repeats):
+        for name, predictor in predictors.items():
+            seconds[name].append(time_pass(predictor, text_a, text_b, batch_size))
+    return {
+        name: {
+            "median": len(text_a) / statistics.median(times),
+            "min": len(text_a) / max(times),
+            "max": len(text_a) / min(times),
+        }
+        for name, times in seconds.items()
+    }
+
+
+def evaluate_models(
+    task: Task, params: Params, models: dict[str, ModelSource], splits: dict[str, pa.Table]
+) -> dict[str, Any]:
+    """Metrics of every model on every split, parameter counts, and CPU throughput (timed on the first split)."""
+    device = pick_device()
+    loaded = {name: source.load(device) for name, source in models.items()}
+    batch_size = params.teacher.eval_batch_size
+    quality: dict[str, dict[str, dict[str, float]]] = {}
+    for split, table in splits.items():
+        text_a, text_b = table_texts(task, table)
+        labels = table.column("label").to_numpy()
+        quality[split] = {
+            name: compute_metrics(task, model.predict(text_a, text_b, batch_size), labels)
+            for name, model in loaded.items()
+        }
+
+    speed_table = next(iter(splits.values())).slice(0, params.evaluate.speed_examples)
+    speed_a, speed_b = table_texts(task, speed_table)
+    cpu = torch.device("cpu")
+    on_cpu = loaded if device == cpu else {name: source.load(cpu) for name, source in models.items()}
+    with torch_threads(params.evaluate.threads):
+        speed = {
+            f"batch_{size}": measure_throughput(
+                {name: model.predict for name, model in on_cpu.items()},
+                speed_a,
+                speed_b,
+                size,
+                params.evaluate.speed_repeats,
+            )  # fmt: skip
+            for size in params.evaluate.speed_batch_sizes
+        }
+    return {
+        "task": task.name,
+        "models": list(models),
+        "quality": quality,
+        "parameters": {name: model.parameters for name, model in loaded.items()},
+        "cpu_sentences_per_second": speed,
+        "cpu_threads": params.evaluate.threads,
+        "speed_examples": speed_table.num_rows,
+        "speed_repeats": params.evaluate.speed_repeats,
+    }
+
+
+def ratios(report: dict[str, Any], model: str, reference: str) -> dict[str, float]:
+    """How many times smaller and faster ``model`` is than ``reference`` in an ``evaluate_models`` report
+    (parameter ratios where both are PyTorch models, the size ratio in bytes always)."""
+    sizes, speed = report["parameters"], report["cpu_sentences_per_second"]
+    out = {"bytes": sizes[reference]["bytes"] / sizes[model]["bytes"]}
+    for count in ("total", "without_embeddings"):
+        if count in sizes[model] and count in sizes[reference]:
+            out[f"parameters_{count}"] = sizes[reference][count] / sizes[model][count]
+    return out | {f"speed_{key}": rates[model]["median"] / rates[reference]["median"] for key, rates in speed.items()}
+
+
+def fastest(report: dict[str, Any], models: Sequence[str]) -> dict[str, str]:
+    """Per timed batch size, which of ``models`` has the highest median throughput."""
+    return {
+        key: max(models, key=lambda name: rates[name]["median"])
+        for key, rates in report["cpu_sentences_per_second"].items()
+    }
+
+
+def evaluate_splits(
+    task: Task, params: Params, splits: dict[str, pa.Table], all_models: bool = False
+) -> dict[str, Any]:
+    """The evaluate stage's report: teacher, KD student, baseline and the student's exported variants
+    (``all_models``: plus every multi-task model that exists), with every student variant's size and speed ratios
+    to the teacher and the fastest variant per batch size."""
+    models = single_task_models(task, params)
+    if all_models:
+        models = {**models, **existing(multi_task_models(task, params))}
+    report = evaluate_models(task, params, models, splits)
+    students = ["student", *(name for name in models if name.startswith(EXPORTED_PREFIX))]
+    report["ratios"] = {f"{name}_vs_teacher": ratios(report, name, "teacher") for name in students}
+    report["fastest_student"] = fastest(report, students)
+    return report
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """A Markdown summary: one row per model, metric columns per split, size and speed columns."""
+    splits = list(report["quality"])
+    metric_names = list(next(iter(report["quality"][splits[0]].values())))
+    speed_keys = list(report["cpu_sentences_per_second"])
+    header = [
+        "model", *[f"{split} {metric}" for split in splits for metric in metric_names], "params", "params w/o emb",
+        "size MB", *[f"CPU sent/s {key.replace('_', ' ')}" for key in speed_keys],
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model in report["models"]:
+        sizes = report["parameters"][model]
+        cells = [model]
+        cells += [f"{100 * report['quality'][split][model][metric]:.2f}" for split in splits for metric in metric_names]
+        cells += [f"{sizes[key]:,}" if key in sizes else "-" for key in ("total", "without_embeddings")]
+        cells.append(f"{sizes['bytes'] / 1e6:.1f}")
+        cells += [f"{report['cpu_sentences_per_second'][key][model]['median']:.1f}" for key in speed_keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    student = report["ratios"]["student_vs_teacher"]
+    speeds = "; ".join(
+        f"{speed_key.replace('_', ' ')}: PyTorch student {student[f'speed_{speed_key}']:.1f}x, fastest variant "
+        f"({best}) {report['ratios'][f'{best}_vs_teacher'][f'speed_{speed_key}']:.1f}x"
+        for speed_key, best in report["fastest_student"].items()
+    )  # fmt: skip
+    lines += [
+        "",
+        f"Teacher/student parameters: {student['parameters_total']:.1f}x "
+        f"({student['parameters_without_embeddings']:.1f}x without embedding tables, the paper's count). "
+        f"CPU speed over the teacher, {speeds}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def dev_splits(task: Task, prepared_dir: Path = paths.PREPARED_DIR) -> dict[str, pa.Table]:
+    """The task's prepared dev split(s), by name."""
+    return {split: pq.read_table(paths.prepared_split(task.name, split, prepared_dir)) for split in task.dev_splits}
+
+
+def file_split(task: Task, data_path: Path) -> dict[str, pa.Table]:
+    """A user-supplied GLUE-format TSV of ``task`` as a single named split."""
+    return {data_path.stem: read_glue_tsv(task, data_path)}

@@ -1,0 +1,81 @@
+"""Multi-task batch sampling (MT-DNN style): every mini-batch holds rows of one task.
+
+``proportional`` (the default, as in MT-DNN) lists every task's batches of an epoch and shuffles them together, so
+each example is seen exactly once per epoch and tasks appear in proportion to their sizes. ``uniform`` and
+``temperature`` draw the task of each batch with probability ``1/T`` or ``n_t ** (1/temperature)`` (normalised)
+for an epoch of the same number of batches; each task then reads its rows from its own endless stream of
+shuffled passes, so no row of a task repeats before every row of that task has been seen.
+
+Single-task training is the one-task case of the same sampler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Literal
+
+import numpy as np
+
+from pipeline.data.batching import bucket_batches
+
+SamplingScheme = Literal["proportional", "uniform", "temperature"]
+TaskBatch = tuple[str, np.ndarray]  # (task name, row indices into that task's training set)
+
+
+def task_probabilities(sizes: Mapping[str, int], scheme: SamplingScheme, temperature: float = 1.0) -> dict[str, float]:
+    """Probability that a batch comes from each task: proportional to size, uniform, or ``size ** (1/temperature)``."""
+    if scheme == "uniform":
+        weights = {task: 1.0 for task in sizes}
+    elif scheme == "temperature":
+        weights = {task: float(size) ** (1.0 / temperature) for task, size in sizes.items()}
+    else:
+        weights = {task: float(size) for task, size in sizes.items()}
+    total = sum(weights.values())
+    return {task: weight / total for task, weight in weights.items()}
+
+
+class TaskBatchSampler:
+    """Yields an epoch's ``(task, rows)`` batches; rows are length-bucketed within each task.
+
+    ``lengths[task]`` are the per-row token lengths of that task's training set (for bucketing);
+    ``batch_sizes[task]`` its batch size. Deterministic for a given ``seed``.
+    """
+
+    def __init__(
+        self,
+        lengths: Mapping[str, np.ndarray],
+        batch_sizes: Mapping[str, int],
+        scheme: SamplingScheme = "proportional",
+        temperature: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        if not lengths:
+            raise ValueError("the sampler needs at least one task")
+        self.lengths = {task: np.asarray(values) for task, values in lengths.items()}
+        self.batch_sizes = dict(batch_sizes)
+        self.scheme = scheme
+        self.probabilities = task_probabilities({t: len(v) for t, v in self.lengths.items()}, scheme, temperature)
+        self.rng = np.random.default_rng(seed)
+        self._streams = {task: self._stream(task) for task in self.lengths}
+
+    def batches_per_epoch(self) -> int:
+        """Batches in one epoch: enough to cover every row of every task once."""
+        return sum(-(-len(values) // self.batch_sizes[task]) for task, values in self.lengths.items())
+
+    def epoch(self) -> list[TaskBatch]:
+        """The next epoch's batches, in training order."""
+        if self.scheme == "proportional":
+            batches = [
+                (task, rows)
+                for task, values in self.lengths.items()
+                for rows in bucket_batches(values, self.batch_sizes[task], self.rng)
+            ]
+            return [batches[i] for i in self.rng.permutation(len(batches))]
+        tasks = list(self.probabilities)
+        draws = self.rng.choice(len(tasks), size=self.batches_per_epoch(), p=[self.probabilities[t] for t in tasks])
+        return [(tasks[i], next(self._streams[tasks[i]])) for i in draws]
+
+    def _stream(self, task: str) -> Iterator[np.ndarray]:
+        """Endless batches of ``task``: one shuffled, length-bucketed pass over its rows after another."""
+        while True:
+            yield from bucket_batches(self.lengths[task], self.batch_sizes[task], self.rng)

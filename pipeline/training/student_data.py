@@ -1,0 +1,136 @@
+"""One training loop for every student: single-task (Tang et al.) and multi-task (MKD), any architecture.
+
+``fit`` trains a ``StudentModel`` on one or several tasks: each mini-batch comes from one task (``TaskBatchSampler``),
+the loss is that task's (distillation from teacher logits, or supervised on gold labels), and after every epoch the
+dev split of every task is scored; early stopping follows the mean of the tasks' primary dev metrics and the best
+epoch's weights are kept. ``train_student`` and ``train_baseline`` are the single-task stages built on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from pipeline import paths
+from pipeline.data.schema import table_texts
+from pipeline.data.shards import load_shards, logits_matrix, shard_files, shard_part, take
+from pipeline.data.tasks import Task
+from pipeline.errors import ShardError
+from pipeline.params import Params, TrainParams
+from pipeline.students.architectures import get_architecture, save_student
+from pipeline.students.base import StudentModel, count_parameters
+from pipeline.students.encoding import EncodedInputs, StudentEncoder, WordEncoder
+from pipeline.training.device import (
+    seed_everything,
+    use_threads,
+)
+from pipeline.training.distributed import Processes
+from pipeline.training.fit import FitResult, TaskData, fit
+from pipeline.training.losses import LossFn
+from pipeline.training.tracking import training_log
+
+log = logging.getLogger(__name__)
+SHARD_COLUMNS = ["source_id", "is_original", "text_a", "text_b", "label", "logits"]
+
+
+def labels_and_mask(task: Task, column: pa.ChunkedArray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label tensor (nulls filled with 0) and its validity mask."""
+    dtype = torch.float32 if task.is_regression else torch.long
+    values = torch.tensor(pc.fill_null(column, 0).to_numpy(), dtype=dtype)
+    return values, torch.from_numpy(pc.is_valid(column).to_numpy())
+
+
+def encode_table(encoder: StudentEncoder, task: Task, table: pa.Table) -> EncodedInputs:
+    """The model inputs for a table with ``text_a`` (and ``text_b`` for pairs)."""
+    return encoder.encode_inputs(*table_texts(task, table))
+
+
+def all_texts(task: Task, table: pa.Table) -> Iterator[str]:
+    """Every sentence of the table, lazily (only word vocabularies read them)."""
+    for column in ("text_a", "text_b") if task.is_pair else ("text_a",):
+        yield from table.column(column).to_pylist()
+
+
+def distillation_targets(task: Task, table: pa.Table) -> dict[str, torch.Tensor]:
+    """Per-row targets of shard rows: teacher logits, gold labels (0 where missing) and where labels exist."""
+    labels, label_mask = labels_and_mask(task, table.column("label"))
+    return {"teacher": torch.tensor(logits_matrix(table)), "label": labels, "label_mask": label_mask}
+
+
+def dev_split(task: Task, prepared_dir: Path) -> tuple[str, pa.Table]:
+    """Name and table of the task's first dev split (early stopping and reported dev metrics)."""
+    name = task.dev_splits[0]
+    return name, pq.read_table(paths.prepared_split(task.name, name, prepared_dir))
+
+
+def build_task_data(
+    task: Task, encoder: StudentEncoder, train: pa.Table, targets: dict[str, torch.Tensor], loss_fn: LossFn,
+    prepared_dir: Path,
+) -> TaskData:  # fmt: skip
+    """Encode a task's training table and its dev split for ``fit``."""
+    _, dev = dev_split(task, prepared_dir)
+    return TaskData(
+        task, encode_table(encoder, task, train), targets, loss_fn, encode_table(encoder, task, dev),
+        dev.column("label").to_numpy(),
+    )  # fmt: skip
+
+
+def read_shards(task: Task, shard_dir: Path, part: Processes | None = None) -> pa.Table:
+    """The columns students need from the logit shards (this process's part of them in a data-parallel run),
+    verified against the score manifest."""
+    part = part or Processes(0, 1, torch.device("cpu"))
+    files, rows = shard_part(shard_files(shard_dir), part)
+    if part.distributed:
+        log.info("process %d of %d reads %s (rows %s)", part.index, part.count, ", ".join(files), rows)
+    table = take(load_shards(shard_dir, columns=SHARD_COLUMNS, files=files), rows)
+    width = table.schema.field("logits").type.list_size
+    if width != task.num_outputs:
+        raise ShardError(f"{shard_dir}: logits have {width} values per row, task {task.name} needs {task.num_outputs}")
+    return table
+
+
+def check_distributable(encoder: StudentEncoder, part: Processes) -> None:
+    """Refuse a data-parallel run whose vocabulary was built from this process's rows (it would differ per process)."""
+    if part.distributed and isinstance(encoder, WordEncoder):
+        raise ValueError(
+            "data-parallel student training needs WordPiece embeddings (embeddings: wordpiece): a word "
+            "vocabulary built from each process's rows would differ between processes"
+        )
+
+
+def training_summary(model: StudentModel, result: FitResult, train_rows: dict[str, int]) -> dict[str, Any]:
+    """What a saved student records about its training: rows, epochs, best dev metrics, parameter counts."""
+    return {
+        "train_rows": train_rows,
+        "epochs_run": len(result.curve),
+        "best_epoch": result.best_epoch,
+        "dev": result.best_metrics,
+        "parameters": count_parameters(model, include_embeddings=False),
+        "parameters_with_embeddings": count_parameters(model, include_embeddings=True),
+    }
+
+
+def _train_single_task(
+    task: Task, params: Params, hp: TrainParams, train: pa.Table, targets: dict[str, torch.Tensor], loss_fn: LossFn,
+    prepared_dir: Path, teacher_dir: Path, out_dir: Path, log_dir: Path, desc: str, part: Processes,
+) -> dict[str, Any]:  # fmt: skip
+    """Build Tang et al.'s BiLSTM for one task, fit it, save it (main process); return the training summary."""
+    seed_everything(params.seed)
+    use_threads(params.threads)
+    model, encoder = get_architecture("bilstm").build(params, [task], teacher_dir, all_texts(task, train), params.seed)
+    check_distributable(encoder, part)
+    model.to(part.device)
+    data = {task.name: build_task_data(task, encoder, train, targets, loss_fn, prepared_dir)}
+    with training_log(log_dir, enabled=part.is_main) as tracker:
+        result = fit(model, data, hp, params.seed, tracker, desc=f"{desc} {task.name}", part=part)
+    summary = training_summary(model, result, {task.name: train.num_rows})
+    if part.is_main:
+        save_student(model, encoder, out_dir, summary)
+    return summary
