@@ -7,10 +7,10 @@ bit-identical outputs.
 
 Workloads:
 
-* ``score``: teacher logits of the first ``--rows`` SST-2 training sentences (``score.score_table``, the packaged
-  teacher with a seeded fresh 2-label head, ``score.precision`` fp32);
+* ``score``: teacher logits of the first ``--rows`` SST-2 training sentences (``pipeline.stages.score.score_table``,
+  the packaged teacher with a seeded fresh 2-label head, ``score.precision`` fp32);
 * ``train``: the BiLSTM baseline trained for one epoch on the first ``--rows`` SST-2 training sentences with the
-  default params (``pipeline.student.train.train_baseline``; a few hundred batches of 50), its final weights;
+  default params (``pipeline.stages.baseline.train_baseline``; a few hundred batches of 50), its final weights;
 * ``lstm``: 100 AdaDelta steps of ``PaddedBiLSTM`` (the plain oneDNN LSTM kernel) on seeded random inputs,
   its final weights.
 

@@ -1,6 +1,6 @@
 """Time Tang et al.'s BiLSTM student's training step in fp32 and under bf16 autocast, interleaved.
 
-One step is what ``pipeline.student.train.fit`` does per batch: forward, loss, backward, the dense and the sparse
+One step is what ``pipeline.training.fit.fit`` does per batch: forward, loss, backward, the dense and the sparse
 AdaDelta steps. Inputs are random WordPiece ids of a fixed width (``--width``) with random lengths, the default
 BiLSTM of params.yaml on a random 30,522 x 384 embedding matrix (the teacher's shape). Rounds alternate between the
 precisions (A B, A B, ...) so that load changing during the run biases neither; the median step counts.
@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from pipeline.data.tasks import get_task
 from pipeline.params import load_params
 from pipeline.students.bilstm import BiLSTMStudent
-from pipeline.training.device import autocast
-from pipeline.training.fit import training_autocast_dtype
+from pipeline.training.device import autocast, autocast_dtype, training_precision
 from pipeline.training.optim import build_optimizers
 
 VOCAB_SIZE, EMBEDDING_WIDTH = 30522, 384  # the MiniLM teacher's WordPiece embedding matrix
@@ -35,7 +34,7 @@ def make_step(task_name: str, batch_size: int, width: int, precision: str, seed:
     embeddings = torch.randn(VOCAB_SIZE, EMBEDDING_WIDTH, generator=generator) * 0.05
     model = BiLSTMStudent(params.bilstm, embeddings, [task])
     optimizers, _ = build_optimizers(params.student, model, total_steps=1)
-    dtype = training_autocast_dtype(torch.device("cpu"), precision)
+    dtype = autocast_dtype(torch.device("cpu"), training_precision(torch.device("cpu"), precision))
 
     def side() -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.randint(1, VOCAB_SIZE, (batch_size, width), generator=generator)
@@ -65,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, bf16 native: "
-          f"{training_autocast_dtype(torch.device('cpu'), 'auto') is torch.bfloat16}")  # fmt: skip
+          f"{training_precision(torch.device('cpu'), 'auto') == 'bf16'}")  # fmt: skip
     for task_name, batch_size, width in (("sst2", 50, 16), ("mrpc", 256, 32)):
         steps = {precision: make_step(task_name, batch_size, width, precision, 0) for precision in ("fp32", "bf16")}
         for step in steps.values():

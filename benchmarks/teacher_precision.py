@@ -1,8 +1,8 @@
 """Teacher fine-tuning on CPU: fp32 vs bf16 autocast training, same data, seed and code; time and dev accuracy.
 
 Prepares a seeded subset of the task's training split, then fine-tunes the configured teacher once per precision
-(alternating, ``--repeats`` rounds) with the stage code (``pipeline.teacher.fine_tune``). The training time is the
-training loop without the dev evaluations, which run in fp32 on CPU for both precisions.
+(alternating, ``--repeats`` rounds) with the stage code (``pipeline.stages.teacher.fine_tune``). The training time
+is the training loop without the dev evaluations, which run in fp32 on CPU for both precisions.
 
     python benchmarks/teacher_precision.py --train 2000 --epochs 1 --threads 2 --glue-dir ../shared/data/glue
 """
@@ -24,7 +24,8 @@ import torch
 from pipeline.data.tasks import get_task
 from pipeline.params import load_params
 from pipeline.stages.prepare import run_prepare
-from pipeline.training import finetune as teacher
+from pipeline.stages.teacher import fine_tune
+from pipeline.training import finetune
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -68,10 +69,10 @@ def main() -> None:
                 hp = params.teacher.model_copy(update={"mixed_precision": precision, "epochs": args.epochs})
                 seconds: defaultdict[str, float] = defaultdict(float)
                 with (
-                    mock.patch.object(teacher.FineTuning, "train", timed(teacher.FineTuning.train, seconds, "loop")),
-                    mock.patch.object(teacher, "evaluate_dev", timed(teacher.evaluate_dev, seconds, "dev")),
+                    mock.patch.object(finetune.FineTuning, "train", timed(finetune.FineTuning.train, seconds, "loop")),
+                    mock.patch.object(finetune, "evaluate_dev", timed(finetune.evaluate_dev, seconds, "dev")),
                 ):
-                    dev = teacher.fine_tune(
+                    dev = fine_tune(
                         [task], params.model_copy(update={"teacher": hp}), prepared,
                         {task.name: Path(tmp) / precision}, Path(tmp) / f"log-{precision}",
                     )[task.name]  # fmt: skip

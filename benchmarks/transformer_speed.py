@@ -3,9 +3,9 @@
 Both models start from the packaged all-MiniLM-L6-v2 (weights do not change a forward pass's cost): the teacher as
 ``AutoModelForSequenceClassification`` with 2 labels (all 6 layers), the student as ``TransformerStudent`` with
 ``transformer.layers`` of them. Inference: SST-2 dev sentences at batch 1, tokenisation included (all sentences
-tokenised in one call, then one forward per sentence, as ``teacher.predict_logits`` does), passes interleaved
-teacher/student/teacher/student. Then a per-stage breakdown of a batch-1 forward, a few variants, and training
-rows/s at batch 32 (AdamW, MSE on random logits).
+tokenised in one call, then one forward per sentence, as ``pipeline.serving.teacher.predict_logits`` does), passes
+interleaved teacher/student/teacher/student. Then a per-stage breakdown of a batch-1 forward, a few variants, and
+training rows/s at batch 32 (AdamW, MSE on random logits).
 
     python benchmarks/transformer_speed.py --sentences 200 --threads 2
 """

@@ -1,6 +1,7 @@
-"""Typer commands: one per DVC stage, plus ``shards`` (inspect/verify logit shards) and ``bench``.
+"""Typer commands: one per DVC stage, plus ``predict``, ``shards`` (inspect/verify logit shards) and ``bench``.
 
-Each command only wires params and paths to its module.
+Wiring only: each command imports its stage's modules inside its body and passes them params and paths, so
+``--help`` and each command load only what that command needs (no torch, spaCy or pyarrow at import).
 """
 
 from __future__ import annotations
@@ -16,9 +17,17 @@ from typing import Annotated, Any
 import typer
 
 from pipeline import paths
-from pipeline.data.shards import format_rows, format_stats, head_rows, shard_stats, task_manifest, verify_shards
-from pipeline.data.tasks import Task, get_task
-from pipeline.errors import GlueFormatError, ParamsError, ShardError, TaggerUnavailableError, UnknownTaskError
+from pipeline.data.tasks import Task, get_task  # the task registry: no third-party import (params imports it too)
+from pipeline.errors import (
+    ExportError,
+    GlueFormatError,
+    InputError,
+    ParamsError,
+    ShardError,
+    TaggerUnavailableError,
+    UnknownModelError,
+    UnknownTaskError,
+)
 from pipeline.params import DEFAULT_PARAMS_PATH, PRECISIONS, Params, Precision, load_params
 
 app = typer.Typer(help="distillery: distil a fine-tuned BERT teacher into small BiLSTM students.", no_args_is_help=True)
@@ -85,7 +94,7 @@ def teacher(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> Non
 
     with _stage(task, params) as (spec, hp):
         out_dirs = {spec.name: paths.teacher_dir(spec.name)}
-        fine_tune([spec], hp, paths.PREPARED_DIR, out_dirs, paths.training_log("teacher", spec.name))
+        fine_tune([spec], hp, paths.PREPARED_DIR, out_dirs, paths.training_log_dir("teacher", spec.name))
 
 
 @app.command("mt-teacher")
@@ -97,7 +106,7 @@ def mt_teacher(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
         hp = load_params(params)
         tasks = [get_task(name) for name in hp.tasks]
         out_dirs = {task.name: paths.mt_teacher_dir(task.name) for task in tasks}
-        fine_tune(tasks, hp, paths.PREPARED_DIR, out_dirs, paths.training_log("mt_teacher"), hp.mt_teacher)
+        fine_tune(tasks, hp, paths.PREPARED_DIR, out_dirs, paths.training_log_dir("mt_teacher"), hp.mt_teacher)
 
 
 @app.command()
@@ -136,7 +145,7 @@ def student(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> Non
             paths.PREPARED_DIR,
             paths.teacher_dir(spec.name),
             paths.student_dir(spec.name),
-            paths.training_log("student", spec.name),
+            paths.training_log_dir("student", spec.name),
         )
 
 
@@ -152,7 +161,7 @@ def baseline(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> No
             paths.PREPARED_DIR,
             paths.teacher_dir(spec.name),
             paths.baseline_dir(spec.name),
-            paths.training_log("baseline", spec.name),
+            paths.training_log_dir("baseline", spec.name),
         )
 
 
@@ -168,7 +177,7 @@ def mkd(
         hp = load_params(params)
         run_mkd(
             student, hp, paths.LOGITS_DIR, paths.PREPARED_DIR, paths.MT_TEACHER_DIR, paths.mkd_dir(student),
-            paths.training_log("mkd", student), paths.training_log("mkd_finetune", student),
+            paths.training_log_dir("mkd", student), paths.training_log_dir("mkd_finetune", student),
         )  # fmt: skip
 
 
@@ -177,18 +186,22 @@ def evaluate(
     task: TaskOption,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
     data: Annotated[Path | None, typer.Option(help="score this GLUE-format TSV instead of the dev split(s)")] = None,
-    out: Annotated[Path | None, typer.Option(help="JSON report path (default: metrics/<task>.json for dev)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="JSON report path (default for dev: metrics/report/<task>.json)")
+    ] = None,
 ) -> None:
     """Compare teacher, KD student and baseline: task metrics, parameters, CPU throughput."""
     from pipeline.data.io import write_json, write_text
-    from pipeline.stages.evaluate import dev_splits, evaluate_splits, file_split, markdown_table
+    from pipeline.data.prepared import dev_splits
+    from pipeline.stages.evaluate import evaluate_splits, file_split, headline, markdown_table
 
     with _stage(task, params) as (spec, hp):
         splits = file_split(spec, data) if data else dev_splits(spec)
         report = evaluate_splits(spec, hp, splits, all_models=data is not None)
         table = markdown_table(report)
         if data is None:
-            write_json(report, out or paths.evaluation_metrics(spec.name))
+            write_json(report, out or paths.evaluation_report(spec.name))
+            write_json(headline(spec, report), paths.evaluation_metrics(spec.name))
             write_text(table, paths.evaluation_table(spec.name))
         elif out is not None:
             write_json(report, out)
@@ -200,13 +213,14 @@ def compare(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
     """Compare every model on every task: teachers, Tang students, baselines, MKD students; average, size, speed."""
     from pipeline.data.io import write_json, write_text
     from pipeline.stages.compare import compare as run_compare
-    from pipeline.stages.compare import markdown_report, metrics_summary
+    from pipeline.stages.compare import markdown_report, metrics_headline, metrics_summary
 
     with _user_errors():
         summary = run_compare(load_params(params))
         table = markdown_report(summary)
         write_json(summary["reports"], paths.COMPARISON_REPORTS)
-        write_json(metrics_summary(summary), paths.COMPARISON_METRICS)
+        write_json(metrics_summary(summary), paths.COMPARISON_SUMMARY)
+        write_json(metrics_headline(summary), paths.COMPARISON_METRICS)
         write_text(table, paths.COMPARISON_TABLE)
         typer.echo(table)
 
@@ -222,8 +236,7 @@ def export(
     metrics: Annotated[Path | None, typer.Option(help="check report (default: metrics/export/<task>.json)")] = None,
 ) -> None:
     """Export a trained student as ONNX (+ int8 and fast variants) runnable without this repository; check parity."""
-    from pipeline.errors import ExportError
-    from pipeline.stages.evaluate import dev_splits
+    from pipeline.data.prepared import dev_splits
     from pipeline.stages.export import export_student
 
     with _stage(task, params) as (spec, hp):
@@ -248,8 +261,7 @@ def export_mkd(
     params: ParamsOption = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Export the MKD students of one architecture, one deployable folder per task (as ``export``)."""
-    from pipeline.errors import ExportError
-    from pipeline.stages.evaluate import dev_splits
+    from pipeline.data.prepared import dev_splits
     from pipeline.stages.export_mkd import export_mkd_students
 
     with _user_errors():
@@ -277,8 +289,8 @@ def predict(
         typer.Option(
             help="student-onnx | student-int8 | student-table (exported, onnxruntime); "
             "student | baseline | teacher | mt_teacher (PyTorch); MKD students: "
-            "mkd_<architecture> (PyTorch) or mkd_<architecture>-<variant> "
-            "(exported), e.g. mkd_transformer-int8"
+            "mkd_<architecture> (PyTorch: the task's fine-tuned model, else the joint one), "
+            "mkd_<architecture>_joint, or mkd_<architecture>-<variant> (exported), e.g. mkd_transformer-int8"
         ),
     ] = "student-onnx",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="JSON lines file (default: stdout)")] = None,
@@ -291,8 +303,8 @@ def predict(
 ) -> None:
     """Label and class probabilities (STS-B: score) per input line, as JSON lines; any invalid line fails the run."""
     from pipeline.data.io import write_text
-    from pipeline.errors import InputError, UnknownModelError
-    from pipeline.serving.predict import load_model, run_predict
+    from pipeline.serving.catalogue import load_model
+    from pipeline.serving.predict import run_predict
 
     with _user_errors():
         spec = get_task(task)
@@ -318,6 +330,8 @@ def shards_show(
     teacher: TeacherOption = "single",
 ) -> None:
     """Print the first rows decoded: texts, gold label, teacher probabilities (or score) and argmax."""
+    from pipeline.data.shards import format_rows, head_rows
+
     with _shard_folder(task, shard_dir, teacher) as (spec, folder):
         typer.echo(format_rows(head_rows(spec, folder, rows)))
 
@@ -332,6 +346,8 @@ def shards_stats(
     """Rows, originals vs synthetic, teacher identity, label and prediction distributions, agreement."""
     import json
 
+    from pipeline.data.shards import format_stats, shard_stats
+
     with _shard_folder(task, shard_dir, teacher) as (spec, folder):
         stats = shard_stats(spec, folder)
         typer.echo(json.dumps(stats, indent=2) if as_json else format_stats(stats))
@@ -340,6 +356,8 @@ def shards_stats(
 @shards_app.command("verify")
 def shards_verify(task: TaskOption, shard_dir: ShardDirOption = None, teacher: TeacherOption = "single") -> None:
     """Check every shard against the manifest's checksums; exit 1 listing each problem."""
+    from pipeline.data.shards import task_manifest, verify_shards
+
     with _shard_folder(task, shard_dir, teacher) as (spec, folder):
         manifest = task_manifest(spec, folder)
         problems = verify_shards(folder)
@@ -462,9 +480,9 @@ def bench_student(
     """Where the BiLSTM student's time goes at batch size 1 (PyTorch parts, onnxruntime ops per exported variant)."""
     import torch
 
-    from pipeline.bench.student import format_breakdown, run_bench
+    from pipeline.bench.student import format_breakdown, run_student_bench
+    from pipeline.data.prepared import dev_splits
     from pipeline.data.schema import table_texts
-    from pipeline.stages.evaluate import dev_splits
     from pipeline.students.architectures import load_student
 
     with _stage(task, params) as (spec, hp):
@@ -472,7 +490,7 @@ def bench_student(
             raise typer.BadParameter(f"{spec.name}: bench student times single-sentence tasks")
         model, encoder = load_student(paths.student_dir(spec.name), torch.device("cpu"))
         texts = table_texts(spec, next(iter(dev_splits(spec).values())).slice(0, sentences))[0]
-        report = run_bench(model, encoder, spec.name, paths.export_dir(spec.name), texts,
-                           threads or hp.evaluate.threads, repeats or hp.evaluate.speed_repeats)  # fmt: skip
+        report = run_student_bench(model, encoder, spec.name, paths.export_dir(spec.name), texts,
+                                   threads or hp.evaluate.threads, repeats or hp.evaluate.speed_repeats)  # fmt: skip
         report["command"] = shlex.join(["python", "-m", "pipeline", *sys.argv[1:]])
         _bench_output(report, format_breakdown, json_path)

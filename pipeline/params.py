@@ -11,14 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 from pipeline.data.tasks import Task, get_task
 from pipeline.errors import ParamsError
-from pipeline.training.sampling import SamplingScheme
 
 GLUE_DIR_ENV = "DISTILLERY_GLUE_DIR"
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
 
-Precision = Literal["fp32", "bf16", "fp16", "auto"]  # auto: bf16 (fp16 without bf16 support) on CUDA, fp32 on CPU
+ComputePrecision = Literal["fp32", "bf16", "fp16"]  # what a model runs in
+Precision = Literal[ComputePrecision, "auto"]  # auto: bf16 (fp16 without bf16 support) on CUDA, fp32 on CPU
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+# How multi-task training picks the task of each mini-batch (``pipeline.training.sampling``)
+SamplingScheme = Literal["proportional", "uniform", "temperature"]
 
 
 class _Section(BaseModel):
@@ -49,7 +51,7 @@ class TeacherParams(_Section):
 
 
 class MtTeacherParams(_Section):
-    """How the multi-task teacher picks the task of each mini-batch (``pipeline.sampling``)."""
+    """How the multi-task teacher picks the task of each mini-batch (``pipeline.training.sampling``)."""
 
     sampling: SamplingScheme = "proportional"
     temperature: float = Field(default=1.0, gt=0)

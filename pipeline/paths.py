@@ -17,7 +17,7 @@ MKD_JOINT = "multitask"  # folder (under models/mkd/<architecture>) of the joint
 EXPORT_DIR = Path("models/export")
 METRICS_DIR = Path("metrics")
 TRAINING_LOG_DIR = Path("dvclive")
-PLOTS_DIR = Path("plots")
+CHECKPOINT_DIR = Path("checkpoints")  # training checkpoints: in the workspace, outside DVC's outputs
 
 TeacherKind = Literal["single", "multitask"]  # single-task teachers (one per task) or the multi-task teacher
 
@@ -71,18 +71,24 @@ def mkd_task_model(mkd_root: Path, task: str) -> Path:
     return tuned if tuned.is_dir() else mkd_root / MKD_JOINT
 
 
-def training_log(model: str, task: str | None = None, root: Path = TRAINING_LOG_DIR) -> Path:
+def training_log_dir(model: str, task: str | None = None, root: Path = TRAINING_LOG_DIR) -> Path:
     """DVCLive folder of one training run, e.g. ``dvclive/teacher/sst2`` or ``dvclive/mt_teacher``."""
     return root / model / task if task else root / model
 
 
-def training_curve(task: str, model: str, root: Path = PLOTS_DIR) -> Path:
-    """Per-epoch training curve (CSV) of ``model`` in {teacher, student, baseline}."""
-    return root / task / f"{model}.csv"
+def checkpoint_dir(stage: str, name: str | None = None, root: Path = CHECKPOINT_DIR) -> Path:
+    """Epoch checkpoints of one training run, e.g. ``checkpoints/student/sst2`` or ``checkpoints/mt_teacher``; not a
+    DVC output (DVC deletes those before a stage runs), so a killed stage run again resumes from them."""
+    return root / stage / name if name else root / stage
 
 
 def evaluation_metrics(task: str, root: Path = METRICS_DIR) -> Path:
     return root / f"{task}.json"
+
+
+def evaluation_report(task: str, root: Path = METRICS_DIR) -> Path:
+    """Every model's metrics, sizes and speeds on the task's dev split(s) (a plain output beside the headline)."""
+    return root / "report" / f"{task}.json"
 
 
 def evaluation_table(task: str, root: Path = METRICS_DIR) -> Path:
@@ -109,6 +115,7 @@ def export_metrics(task: str, root: Path = METRICS_DIR) -> Path:
     return root / "export" / f"{task}.json"
 
 
-COMPARISON_METRICS = METRICS_DIR / "comparison.json"  # scores, averages and speed ratios of every model (dvc metrics)
+COMPARISON_METRICS = METRICS_DIR / "comparison.json"  # headline: each model's average over the tasks (dvc metrics)
+COMPARISON_SUMMARY = METRICS_DIR / "comparison_summary.json"  # scores, averages and speed ratios of every model
 COMPARISON_TABLE = METRICS_DIR / "comparison.md"
 COMPARISON_REPORTS = METRICS_DIR / "comparison_reports.json"  # every task's full evaluation report

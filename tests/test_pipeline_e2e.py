@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -12,7 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_project, init_project, tiny_params, write_sst2
+from tests.conftest import LEARNING, copy_project, init_project, tiny_params, write_sst2
+from tests.recompute import Dev, assert_same_metrics, recompute
+
+pytestmark = pytest.mark.e2e  # the real stages in a tmp DVC project: dvc repro/status, python -m pipeline
 
 STAGE_RUN = re.compile(r"Running stage '([^']+)'")
 MKD_STAGES = {
@@ -38,6 +42,33 @@ def stages_run(result: subprocess.CompletedProcess) -> set[str]:
     return set(STAGE_RUN.findall(result.stdout + result.stderr))
 
 
+def stale_stages(status: str) -> set[str]:
+    """Exact stage names listed by ``dvc status`` (lines ``name:`` without indentation; their changed deps, outs
+    and params are the indented lines below), so ``score@sst2`` is not found inside ``mt_score@sst2``."""
+    return {line[:-1] for line in status.splitlines() if line.endswith(":") and not line[0].isspace()}
+
+
+def up_to_date(status: str) -> bool:
+    return stale_stages(status) == set() and "Data and pipelines are up to date." in status
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int, str] | None]:
+    """Every file (size, mtime in ns, SHA-256) and folder (None) under ``root``, by relative path. Python's bytecode
+    caches are left out: running ``python -m pipeline`` may compile a module of the copied sources into
+    ``pipeline/**/__pycache__``, which is the interpreter's doing, not an output of the command."""
+    out: dict[str, tuple[int, int, str] | None] = {}
+    for path in sorted(root.rglob("*")):
+        if "__pycache__" in path.parts:
+            continue
+        relative = path.relative_to(root).as_posix()
+        if path.is_dir():
+            out[relative] = None
+        else:
+            stat = path.stat()
+            out[relative] = (stat.st_size, stat.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+    return out
+
+
 def set_params(project: Path, section: str, **values) -> None:
     path = project / "params.yaml"
     params = yaml.safe_load(path.read_text())
@@ -50,7 +81,8 @@ def project(tmp_path_factory, tiny_bert_dir) -> Path:
     root = tmp_path_factory.mktemp("e2e")
     glue = write_sst2(root / "glue", n_train=60, n_dev=30)
     proj = copy_project(root / "proj")
-    (proj / "params.yaml").write_text(yaml.safe_dump(tiny_params(glue, tiny_bert_dir), sort_keys=False))
+    params = tiny_params(glue, tiny_bert_dir, **LEARNING)  # models that tell rows apart: their metrics can be checked
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     init_project(proj)
     return proj
 
@@ -73,6 +105,10 @@ def test_repro_runs_every_stage_and_reports_metrics(project):
     assert (project / "models" / "export" / "sst2" / "model-int8.onnx").is_file()
     assert report["parameters"]["teacher"]["total"] > report["parameters"]["student"]["without_embeddings"]
     assert "| student |" in (project / "metrics" / "sst2.md").read_text()
+    # the numbers themselves: the saved models rescored on the GLUE dev file outside the pipeline's evaluation code
+    dev = Dev.of_project(project, "sst2")
+    assert len(dev) == 30
+    assert_same_metrics(report["quality"]["dev"], recompute(project, dev), "metrics/sst2.json dev")
     manifest = json.loads((project / "data" / "logits" / "single" / "sst2" / "_manifest.json").read_text())
     assert manifest["num_rows"] > 60
     mt_manifest = json.loads((project / "data" / "logits" / "multitask" / "sst2" / "_manifest.json").read_text())
@@ -86,7 +122,7 @@ def test_repro_runs_every_stage_and_reports_metrics(project):
         assert set(json.loads((project / "dvclive" / log / "metrics.json").read_text())["dev"]) == {"accuracy"}
     assert not (project / "plots").exists()
 
-    assert "up to date" in dvc("status", cwd=project).stdout
+    assert up_to_date(dvc("status", cwd=project).stdout)
     metrics = dvc("metrics", "show", cwd=project).stdout
     assert "metrics/sst2.json" in metrics and "quality.dev.student.accuracy" in metrics
     assert "dvclive/teacher/sst2/metrics.json" in metrics and "dvclive/mt_teacher/metrics.json" in metrics
@@ -96,8 +132,8 @@ def test_repro_runs_every_stage_and_reports_metrics(project):
 
 def test_augment_param_reruns_only_downstream_stages(project):
     set_params(project, "augment", p_mask=0.2)
-    status = dvc("status", cwd=project).stdout
-    assert "augment@sst2" in status and "teacher@sst2" not in status
+    # dvc status names the stages whose own inputs changed; the stages downstream of them rerun with them
+    assert stale_stages(dvc("status", cwd=project).stdout) == {"augment@sst2"}
     result = dvc("repro", cwd=project)
     assert stages_run(result) == {
         "augment@sst2",
@@ -113,23 +149,31 @@ def test_student_param_reruns_only_student_and_evaluate(project):
     set_params(project, "student", alpha=0.5)
     result = dvc("repro", cwd=project)
     assert stages_run(result) == {"student@sst2", "export@sst2", "evaluate@sst2", "compare"}
-    assert "up to date" in dvc("status", cwd=project).stdout
+    assert up_to_date(dvc("status", cwd=project).stdout)
 
 
 def test_inference_precision_reruns_scoring_and_training_precision_the_teacher(project):
     set_params(project, "score", precision="bf16")
-    changed = dvc("status", cwd=project).stdout
-    assert "score@sst2" in changed and "evaluate@sst2" in changed and "teacher@sst2" not in changed
+    # exact names: a substring test would find "score@sst2" in "mt_score@sst2" with the score stage itself not stale
+    assert stale_stages(dvc("status", cwd=project).stdout) == {
+        "score@sst2",
+        "mt_score@sst2",
+        "evaluate@sst2",
+        "compare",
+    }  # every stage that runs the teacher for inference
     set_params(project, "score", precision="fp32")
     set_params(project, "teacher", mixed_precision="bf16")
-    changed = dvc("status", cwd=project).stdout
-    assert "teacher@sst2" in changed and "score@sst2" not in changed and "evaluate@sst2" not in changed
+    assert stale_stages(dvc("status", cwd=project).stdout) == {"teacher@sst2", "mt_teacher"}  # the trainings only
     set_params(project, "teacher", mixed_precision="auto")
-    assert "up to date" in dvc("status", cwd=project).stdout
+    assert up_to_date(dvc("status", cwd=project).stdout)
 
 
 def test_evaluate_accepts_any_glue_tsv(project, tmp_path):
-    held_out = write_sst2(tmp_path / "held", n_train=4, n_dev=12, seed=7) / "SST-2" / "dev.tsv"
+    # Not the dev file under another name: other sentences (another seed), fewer rows (12, dev has 30), another name.
+    held_out = tmp_path / "held_out_sst2.tsv"
+    (write_sst2(tmp_path / "held", n_train=4, n_dev=12, seed=7) / "SST-2" / "dev.tsv").rename(held_out)
+    data = Dev("sst2", held_out)
+    assert len(data) == 12 and set(data.text_a).isdisjoint(Dev.of_project(project, "sst2").text_a)
     result = run(
         [
             sys.executable,
@@ -146,7 +190,7 @@ def test_evaluate_accepts_any_glue_tsv(project, tmp_path):
         project,
     )
     report = json.loads((tmp_path / "held.json").read_text())
-    assert set(report["quality"]) == {"dev"}
+    assert set(report["quality"]) == {"held_out_sst2"}  # the split is named after the file
     single_task = {"teacher", "student", "baseline", "student-onnx", "student-int8", "student-table"}
     # The MKD models trained by the same repro: the joint student, the fine-tuned one and its exported variants.
     mkd = {
@@ -154,8 +198,15 @@ def test_evaluate_accepts_any_glue_tsv(project, tmp_path):
         for arch in ("bilstm", "biattentive", "transformer")
         for suffix in ("", "_joint", "-onnx", "-int8")
     } | {"mkd_bilstm-table"}
-    assert set(report["quality"]["dev"]) == single_task | mkd | {"mt_teacher"}
+    assert set(report["quality"]["held_out_sst2"]) == single_task | mkd | {"mt_teacher"}
     assert "| teacher |" in result.stdout
+    # The numbers are the file's: its 12 rows timed (speed_examples is 16), and every PyTorch model's metrics those
+    # of its outputs on the file's sentences against the file's labels.
+    assert report["speed_examples"] == 12
+    quality = report["quality"]["held_out_sst2"]
+    assert_same_metrics(quality, recompute(project, data, multi_task=True), str(held_out))
+    assert quality["student-onnx"] == quality["student"]
+    assert not (project / "metrics" / "held_out_sst2.json").exists()
 
 
 def test_bad_params_fail_cleanly_without_outputs(project, tmp_path):
@@ -163,12 +214,20 @@ def test_bad_params_fail_cleanly_without_outputs(project, tmp_path):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["augment"]["p_maks"] = 0.3
     bad.write_text(yaml.safe_dump(params))
+    before, before_tmp = snapshot(project), snapshot(tmp_path)
+    assert "data/augmented/sst2.parquet" in before  # an output the command would overwrite
     result = run(
         [sys.executable, "-m", "pipeline", "augment", "--task", "sst2", "--params", str(bad)], project, check=False
     )
     assert result.returncode == 1
     assert f"error: {bad}: augment.p_maks: Extra inputs are not permitted" in result.stderr
     assert "Traceback" not in result.stderr
+    # nothing written: no file or folder created, removed or touched (bytes and mtime) in the project or beside bad
+    after = snapshot(project)
+    assert sorted(set(after) - set(before)) == [], "created"
+    assert sorted(set(before) - set(after)) == [], "removed"
+    assert [path for path in before if before[path] != after[path]] == [], "modified"
+    assert snapshot(tmp_path) == before_tmp
 
 
 def test_bad_glue_file_fails_cleanly(project, tmp_path):
@@ -187,7 +246,7 @@ def test_bad_glue_file_fails_cleanly(project, tmp_path):
     )
     assert result.returncode == 1
     assert f"error: {train}:82: not valid UTF-8" in result.stderr
-    assert not (out / "data").exists()
+    assert snapshot(out) == {}  # no data/prepared/sst2 folder, not even an empty one or a temporary
 
 
 def test_dvc_exp_run_set_param(project):

@@ -11,9 +11,12 @@ import math
 import pytest
 import yaml
 
-from tests.conftest import copy_project, init_project, tiny_params
+from tests.conftest import LEARNING, copy_project, init_project, tiny_params
 from tests.glue_fixtures import write_glue
-from tests.test_pipeline_e2e import dvc, stages_run
+from tests.recompute import TOLERANCE, Dev, assert_same_metrics, recompute
+from tests.test_pipeline_e2e import dvc, stages_run, stale_stages, up_to_date
+
+pytestmark = pytest.mark.e2e  # dvc repro of every stage on several tasks in a tmp project
 
 STAGES = ("prepare", "teacher", "augment", "score", "mt_score", "student", "baseline", "export", "evaluate")
 MODELS = ("teacher", "student", "baseline", "student-onnx", "student-int8", "student-table")
@@ -44,11 +47,6 @@ def stage_names(*tasks: str) -> set[str]:
     return {f"{stage}@{task}" for stage in STAGES for task in tasks}
 
 
-def stale_stages(status: str) -> set[str]:
-    """Stage names listed by ``dvc status`` (lines ``name:`` without indentation)."""
-    return {line[:-1] for line in status.splitlines() if line.endswith(":") and not line[0].isspace()}
-
-
 def check_report(project, task: str, splits: tuple[str, ...], metrics: dict[str, tuple[float, float]]) -> dict:
     """metrics/<task>.json has, per split and model, exactly the task's metrics, each a number within its range."""
     report = json.loads((project / "metrics" / f"{task}.json").read_text())
@@ -74,7 +72,7 @@ def project(tmp_path_factory, tiny_bert_dir):
     # Every task's data is there from the start: the prepare stages depend on the whole GLUE folder.
     glue = write_glue(root / "glue", [*FIRST_TASKS, "rte", "mnli"], n_train=40, n_dev=16)
     proj = copy_project(root / "proj")
-    params = tiny_params(glue, tiny_bert_dir)
+    params = tiny_params(glue, tiny_bert_dir, **LEARNING)  # models that tell rows apart
     params["tasks"] = FIRST_TASKS
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     init_project(proj)
@@ -118,8 +116,26 @@ def test_repro_runs_every_stage_of_every_task(project):
         assert comparison["speed_over_single_teacher"][model]["sst2"]["batch_1"] > 0
     assert "| MKD biattentive |" in (project / "metrics" / "comparison.md").read_text()
 
+    # The numbers themselves: every PyTorch model rescored on each task's GLUE dev file outside the pipeline's
+    # evaluation code. evaluate reports teacher, student and baseline; compare every model of both kinds.
+    reports = json.loads((project / "metrics" / "comparison_reports.json").read_text())
+    for task in FIRST_TASKS:
+        dev = Dev.of_project(project, task)
+        assert len(dev) == 16
+        expected = recompute(project, dev, multi_task=True)
+        report = json.loads((project / "metrics" / f"{task}.json").read_text())
+        single = {model: expected[model] for model in ("teacher", "student", "baseline")}
+        assert_same_metrics(report["quality"]["dev"], single, f"metrics/{task}.json dev")
+        assert_same_metrics(reports[task]["quality"]["dev"], expected, f"metrics/comparison_reports.json {task} dev")
+        for model, metrics in expected.items():  # the GLUE-style task score: 100 x the mean of the task's metrics
+            score = 100 * sum(metrics.values()) / len(metrics)
+            assert abs(comparison["score"][model][task] - score) <= 100 * TOLERANCE, (task, model, score, comparison)
+    for model in expected:
+        average = sum(comparison["score"][model][task] for task in FIRST_TASKS) / len(FIRST_TASKS)
+        assert abs(comparison["average"][model] - average) <= 100 * TOLERANCE, (model, average, comparison)
+
     status = dvc("status", cwd=project).stdout
-    assert "up to date" in status, status
+    assert up_to_date(status), status
     shown = dvc("metrics", "show", cwd=project).stdout
     assert "quality.dev.student.f1" in shown and "quality.dev.baseline.spearman" in shown
     assert "average.mkd_biattentive" in shown

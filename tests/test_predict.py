@@ -1,5 +1,6 @@
 """``python -m pipeline predict``: JSON lines from files and stdin, single sentences and pairs, STS-B scores, and
-errors naming the line for empty lines, wrong column counts and over-long inputs, with nothing written."""
+errors naming the line for empty lines, wrong column counts and over-long inputs, with nothing written; the model
+catalogue it shares with evaluate, and no torch for an exported model."""
 
 from __future__ import annotations
 
@@ -8,16 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from pipeline import paths
 from pipeline.cli import app
 from pipeline.data.tasks import get_task
-from pipeline.params import ExportParams
+from pipeline.params import ExportParams, Params
 from pipeline.serving import deploy
+from pipeline.serving.catalogue import model_source, multi_task_models
 from pipeline.serving.export import write_export
 from pipeline.serving.predict import parse_lines
 from pipeline.students.architectures import save_student
+from tests.test_cli_imports import HEAVY, imported_packages
 from tests.test_export import build_student, texts
 
 MAX_LENGTH = 32  # longer than any texts() sentence
@@ -169,6 +173,41 @@ def test_mkd_students_predict_by_name(project, monkeypatch, tiny_bert_dir):
     np.testing.assert_allclose(outputs["mkd_bilstm"], outputs["mkd_bilstm-onnx"], atol=1e-5)
     missing = predict_cli(project, monkeypatch, "--task", "mrpc", "--model", "mkd_transformer", stdin=stdin)
     assert missing.exit_code == 1 and "mkd/transformer/multitask: no MKD student" in missing.output
+    unknown = predict_cli(project, monkeypatch, "--task", "mrpc", "--model", "mkd_bilstm-int8", stdin=stdin)
+    assert unknown.exit_code == 1 and "no exported variant 'mkd_bilstm-int8'" in unknown.stderr
+    assert "mkd_bilstm_joint" in unknown.stderr and "mkd_bilstm-onnx" in unknown.stderr
+
+
+def test_predict_and_evaluate_resolve_mkd_students_to_the_same_folder(tmp_path, monkeypatch, tiny_bert_dir):
+    """``mkd_<architecture>`` is the task's fine-tuned MKD student when there is one, else the joint one, for predict
+    and evaluate alike; ``mkd_<architecture>_joint`` is always the joint one."""
+    monkeypatch.chdir(tmp_path)
+    task, params = get_task("mrpc"), Params(mkd={"students": ["bilstm"], "finetune_epochs": 1})
+    root = paths.mkd_dir("bilstm")
+    save_student(*build_student(tiny_bert_dir, ["sst2", "mrpc"], max_length=MAX_LENGTH), root / paths.MKD_JOINT, {})
+    a, b = texts(4, 3), texts(4, 4)
+    stdin = "".join(f"{x}\t{y}\n" for x, y in zip(a, b, strict=True)).encode()
+    predicted = {}
+    for folder in (root / paths.MKD_JOINT, root / task.name):
+        if folder.name == task.name:
+            save_student(*build_student(tiny_bert_dir, ["mrpc"], seed=1, max_length=MAX_LENGTH), folder, {})
+        evaluated = multi_task_models(task, params)["mkd_bilstm"]
+        assert model_source("mkd_bilstm", task).path == evaluated.path == folder
+        result = CliRunner().invoke(app, ["predict", "--task", "mrpc", "--model", "mkd_bilstm"], input=stdin)
+        assert result.exit_code == 0, result.output
+        predicted[folder.name] = [list(r["probabilities"].values()) for r in records(result.stdout)]
+        logits = evaluated.load(torch.device("cpu")).logits(a, b, 8)
+        np.testing.assert_allclose(predicted[folder.name], deploy.softmax(logits.astype(np.float64)), atol=1e-5)
+        joint = multi_task_models(task, params)["mkd_bilstm_joint"]
+        assert model_source("mkd_bilstm_joint", task).path == joint.path == root / paths.MKD_JOINT
+    assert not np.allclose(predicted[paths.MKD_JOINT], predicted[task.name])  # the folder decided the output
+
+
+def test_predict_with_an_exported_model_imports_no_torch(project):
+    packages, stdout = imported_packages("predict", "--task", "sst2", cwd=project, stdin=b"good film\nbad film\n")
+    assert len(records(stdout.decode())) == 2
+    assert "onnxruntime" in packages
+    assert not packages & HEAVY
 
 
 def _mkd_export(project: Path, architecture: str, task_name: str) -> Path:

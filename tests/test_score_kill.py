@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from pipeline import paths
@@ -20,6 +21,8 @@ from pipeline.data.shards import MANIFEST_NAME, SHARD_GLOB, load_shards
 from pipeline.data.tasks import get_task
 from tests.conftest import REPO_ROOT, tiny_params
 from tests.test_score import save_tiny_teacher, transfer_table
+
+pytestmark = pytest.mark.e2e  # python -m pipeline score in subprocesses, one of them killed
 
 SST2 = get_task("sst2")
 ROWS, SHARD_ROWS = 5000, 100  # 50 shards; batch size 1 keeps the tiny teacher busy for seconds, long enough to kill

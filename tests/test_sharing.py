@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 import yaml
 
 from tests.conftest import copy_project, init_project, tiny_params, write_sst2
 from tests.test_pipeline_e2e import dvc, run, stages_run
+
+pytestmark = pytest.mark.e2e  # dvc repro / push / pull in two tmp clones
 
 
 def digests(folder) -> dict[str, str]:

@@ -1,9 +1,14 @@
 """Two CPU processes (gloo DDP via torchrun): every process builds the same batches and trains on a disjoint share
-of each; the result equals a single-process run of the same seed, and the saved teachers load and score."""
+of each; the result equals a single-process run of the same seed, and the saved teachers load and score.
+
+Both runs use plain SGD without gradient clipping (``tests/sgd_launch.py``): AdamW's update hardly changes with the
+scale of the loss, and clipping rescales the gradients, so either would hide a wrong data-parallel loss weight.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -21,14 +26,18 @@ from pipeline.data.schema import table_texts
 from pipeline.data.tasks import get_task
 from pipeline.params import load_params
 from pipeline.serving.teacher import load_teacher, predict_logits
+from pipeline.stages import teacher
 from pipeline.stages.prepare import run_prepare
 from pipeline.stages.teacher import fine_tune
-from pipeline.training.finetune import TRACE_ROWS_ENV
+from pipeline.training import finetune
+from pipeline.training.accelerator import TRACE_ROWS_ENV
 from tests.conftest import REPO_ROOT, build_tiny_bert, tiny_params
 from tests.glue_fixtures import write_glue
+from tests.sgd_launch import teacher_sgd
 
 N_TRAIN = 41  # with batch_size 4: ten full batches and one of a single row (one process gets an empty share)
 PROCESSES = 2
+LAUNCHER = REPO_ROOT / "tests" / "sgd_launch.py"  # python -m pipeline with SGD and no gradient clipping
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +52,7 @@ def no_dropout_bert(tmp_path_factory) -> Path:
 
 def make_project(root: Path, checkpoint: Path, tasks: list[str]) -> Path:
     glue = write_glue(root / "glue", tasks, n_train=N_TRAIN, n_dev=12)
-    params = tiny_params(glue, checkpoint, teacher={"batch_size": 4, "mixed_precision": "fp32"})
+    params = tiny_params(glue, checkpoint, teacher={"batch_size": 4, "learning_rate": 0.05, "mixed_precision": "fp32"})
     params["tasks"] = tasks
     project = root / "project"
     project.mkdir()
@@ -59,7 +68,7 @@ def torchrun(project: Path, *command: str) -> subprocess.CompletedProcess:
         **os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", TRACE_ROWS_ENV: str(project / "trace"),
     }  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={PROCESSES}",
-           "-m", "pipeline", *command]  # fmt: skip
+           str(LAUNCHER), *command]  # fmt: skip
     result = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr[-5000:]}"
     return result
@@ -73,13 +82,14 @@ def read_trace(project: Path) -> dict[int, list[dict]]:
 
 
 RUNS = {  # command, its tasks, where it saves each task's model, where it logs
-    "teacher": (["teacher", "--task", "sst2"], ["sst2"], paths.teacher_dir, paths.training_log("teacher", "sst2")),
-    "mt-teacher": (["mt-teacher"], ["sst2", "stsb"], paths.mt_teacher_dir, paths.training_log("mt_teacher")),
+    "teacher": (["teacher", "--task", "sst2"], ["sst2"], paths.teacher_dir, paths.training_log_dir("teacher", "sst2")),
+    "mt-teacher": (["mt-teacher"], ["sst2", "stsb"], paths.mt_teacher_dir, paths.training_log_dir("mt_teacher")),
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("run", list(RUNS))
-def test_two_process_run_shares_batches_and_matches_one_process(tmp_path, no_dropout_bert, run):
+def test_two_process_run_shares_batches_and_matches_one_process(tmp_path, no_dropout_bert, run, monkeypatch):
     command, tasks, model_dir, log_dir = RUNS[run]
     project = make_project(tmp_path, no_dropout_bert, tasks)
     result = torchrun(project, *command)
@@ -102,6 +112,8 @@ def test_two_process_run_shares_batches_and_matches_one_process(tmp_path, no_dro
     assert json.loads((project / log_dir / "metrics.json").read_text())["step"] == 1
     params = load_params(project / "params.yaml")
     single_dirs = {name: tmp_path / "single" / name for name in tasks}
+    monkeypatch.setattr(teacher, "build_optimizer", teacher_sgd)
+    monkeypatch.setattr(finetune, "MAX_GRAD_NORM", math.inf)
     fine_tune([get_task(name) for name in tasks], params, project / paths.PREPARED_DIR, single_dirs, tmp_path / "log",
               params.mt_teacher)  # fmt: skip
     for name in tasks:

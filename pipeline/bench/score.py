@@ -5,7 +5,7 @@ same sentences, device, thread count and precision (``score.precision``):
 
 * ceiling: the model forward alone, on pre-tokenized, pre-padded, length-sorted batches, at each requested batch
   size and at ours; the batch size with the best median is the ceiling;
-* ours: ``score.score_table`` (tokenize, length-sort, batch, forward) plus writing the Parquet shard;
+* ours: ``pipeline.stages.score.score_table`` (tokenize, length-sort, batch, forward) plus writing the Parquet shard;
 * naive: a ``transformers`` text-classification pipeline returning every class score (``top_k=None``), as a user
   would call it (the pipeline's default batching: one sentence at a time), under the same autocast.
 

@@ -161,7 +161,7 @@ def profile_ops(model_path: Path, feeds: Sequence[dict[str, np.ndarray]], thread
     return {op: total / len(feeds) for op, total in totals.items()}
 
 
-def run_bench(
+def run_student_bench(
     model: StudentModel, encoder: StudentEncoder, task: str, export_folder: Path, sentences: Sequence[str],
     threads: int, repeats: int,
 ) -> dict[str, Any]:  # fmt: skip

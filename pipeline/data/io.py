@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import os
@@ -11,10 +10,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 @contextlib.contextmanager
@@ -49,6 +48,8 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
 
 def write_parquet(table: pa.Table, target: Path | str) -> None:
     """Write a Parquet file atomically."""
+    import pyarrow.parquet as pq  # here, so that the JSON and text writers need no pyarrow
+
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp)
 
@@ -72,11 +73,3 @@ def sha256_file(path: Path | str) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_csv_rows(rows: list[dict[str, Any]], target: Path | str) -> None:
-    """Write dict rows (same keys) as CSV atomically, e.g. a per-epoch training curve for ``dvc plots``."""
-    with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)

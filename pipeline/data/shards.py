@@ -14,7 +14,6 @@ import pyarrow.parquet as pq
 from pipeline.data.io import sha256_file
 from pipeline.data.tasks import Task
 from pipeline.errors import ShardError
-from pipeline.training.distributed import Processes
 
 MANIFEST_NAME = "_manifest.json"  # leading "_": pyarrow/pandas skip it when reading the folder
 SHARD_GLOB = "part-*.parquet"
@@ -80,11 +79,6 @@ def load_shards(
         except (pa.ArrowInvalid, OSError) as exc:
             raise ShardError(f"{path}: unreadable shard: {exc}") from None
     return pa.concat_tables(tables)
-
-
-def shard_files(shard_dir: Path) -> list[str]:
-    """The manifest's shard file names, in row order."""
-    return [entry["file"] for entry in read_manifest(shard_dir)["shards"]]
 
 
 def logits_matrix(table: pa.Table) -> np.ndarray:
@@ -227,21 +221,3 @@ def format_stats(stats: dict[str, Any]) -> str:
         ]
     width = max(len(name) for name, _ in lines)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in lines)
-
-
-def shard_part(files: list[str], part: Processes) -> tuple[list[str], slice]:
-    """Which shard files this process reads, and which of their rows it keeps.
-
-    With at least as many shards as processes, every process reads its own files (``files[index::count]``) and keeps
-    all their rows; otherwise every process reads the (few) files and keeps every ``count``-th row from ``index``.
-    """
-    if len(files) >= part.count:
-        return files[part.index :: part.count], slice(None)
-    return files, slice(part.index, None, part.count)
-
-
-def take(table: pa.Table, rows: slice) -> pa.Table:
-    """The rows of ``table`` selected by a ``shard_part`` slice."""
-    if rows == slice(None):
-        return table
-    return table.take(pa.array(np.arange(table.num_rows)[rows]))

@@ -1,13 +1,13 @@
 """Export stage: any saved student as a deployable folder that runs with onnxruntime and tokenizers only.
 
-The folder (read by ``pipeline/deploy.py``) holds:
+The folder (read by ``pipeline/serving/deploy.py``) holds:
 
 - ``model.onnx``: the student's forward pass for one task (``torch.onnx.export`` of any ``StudentModel``), inputs
   ``<name>`` ``[batch, time]`` int64 and ``<name>_lengths`` ``[batch]`` int64 per token array of the encoder (``a``,
   and ``b`` for pairs), output ``logits`` ``[batch, outputs]``; batch and time axes are dynamic;
 - ``model-int8.onnx``: ONNX Runtime's dynamic int8 quantisation of it (weights int8, activations quantised per call);
 - architecture-specific variants with the same inputs and output, e.g. ``model-table.onnx`` for the BiLSTM
-  (precomputed LSTM input gates, ``pipeline/student/bilstm_table.py``);
+  (precomputed LSTM input gates, ``pipeline/serving/bilstm_table.py``);
 - ``tokenizer.json`` (a ``tokenizers`` file reproducing the student's encoder) and ``config.json`` (task, label
   names, max length, padding/unknown ids, text replacements, input names, variant files, source model).
 
@@ -119,7 +119,7 @@ def standalone_tokenizer(encoder: StudentEncoder) -> tuple[Tokenizer, dict[str, 
     if isinstance(encoder, WordPieceEncoder | TransformerEncoder):
         tokenizer = Tokenizer.from_str(encoder.tokenizer.backend_tokenizer.to_str())
         replace = {MASK_TOKEN: encoder.tokenizer.unk_token}
-    elif isinstance(encoder, WordEncoder):  # pipeline.student.encoding.tokenize_words, then the word vocabulary
+    elif isinstance(encoder, WordEncoder):  # pipeline.students.encoding.tokenize_words, then the word vocabulary
         tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(encoder.words)}, unk_token=encoder.words[1]))
         tokenizer.normalizer = normalizers.Lowercase()
         tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PATTERN.pattern), behavior="removed", invert=True)
@@ -140,7 +140,7 @@ def export_config(
     task: Task, encoder: StudentEncoder, inputs: list[str], replace: dict[str, str], files: dict[str, str],
     source: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
-    """The ``config.json`` read by ``pipeline.deploy``."""
+    """The ``config.json`` read by ``pipeline.serving.deploy``."""
     arrays = [name for name in inputs if not name.endswith(deploy.LENGTHS_SUFFIX)]
     return {
         "format": deploy.FORMAT_NAME,

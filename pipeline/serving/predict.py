@@ -6,149 +6,27 @@ empty column, undecodable bytes, or more tokens than the model reads (unless ``t
 line. With any error nothing is written and the run fails, so an output line always belongs to the input line
 named in its ``line`` field and no bad line can shift the others.
 
-Models: the exported student variants (``student-onnx``, ``student-int8``, ``student-table``; onnxruntime only),
-the PyTorch ``student``, ``baseline``, ``teacher`` and ``mt_teacher``, and the MKD students: ``mkd_<architecture>``
-(PyTorch: the task's fine-tuned model, else the joint one) and ``mkd_<architecture>-<variant>`` (exported).
+Models: any name of ``pipeline.serving.catalogue`` (the exported student variants ``student-onnx``, ``student-int8``,
+``student-table``, run by onnxruntime alone; the PyTorch ``student``, ``baseline``, ``teacher`` and ``mt_teacher``; the
+MKD students ``mkd_<architecture>``, ``mkd_<architecture>_joint`` and ``mkd_<architecture>-<variant>``).
 """
 
 from __future__ import annotations
 
-import copy
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline import paths
 from pipeline.data.tasks import Task
-from pipeline.errors import InputError, UnknownModelError
-from pipeline.params import DEFAULT_PARAMS_PATH, load_params
+from pipeline.errors import InputError
 from pipeline.serving import deploy
 
-EXPORTED_PREFIX = "student-"
-MKD_PREFIX = "mkd_"
-PYTORCH_MODELS = ("student", "baseline", "teacher", "mt_teacher")
-DEFAULT_MODEL = "student-onnx"
-DEFAULT_BATCH_SIZE = 256
-# A length limit large enough never to truncate (to count tokens before truncation).
-NO_LIMIT = 1 << 30
+if TYPE_CHECKING:
+    from pipeline.serving.catalogue import LoadedModel
+
 # At most this many errors are listed; the count of the rest follows.
 MAX_ERRORS_SHOWN = 20
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """Raw texts -> logits, and the per-row token counts checked against ``max_length``."""
-
-    name: str
-    logits: Callable[[Sequence[str], Sequence[str] | None, int], np.ndarray]
-    token_counts: Callable[[Sequence[str], Sequence[str] | None], np.ndarray]
-    max_length: int
-
-
-def model_choices(task: Task, export_dir: Path | None = None) -> list[str]:
-    """Model names ``load_model`` accepts for ``task``: exported variants present on disk, the PyTorch models, and
-    the MKD students on disk."""
-    folder = export_dir or paths.export_dir(task.name)
-    exported = [EXPORTED_PREFIX + v for v in deploy.read_config(folder)["models"]] if folder.exists() else []
-    mkd = []
-    for architecture in sorted(p.name for p in paths.MKD_DIR.glob("*") if p.is_dir()):
-        mkd.append(MKD_PREFIX + architecture)
-        mkd_folder = paths.mkd_export_dir(architecture) / task.name
-        if mkd_folder.exists():
-            mkd += [f"{MKD_PREFIX}{architecture}-{variant}" for variant in deploy.read_config(mkd_folder)["models"]]
-    return [*exported, *PYTORCH_MODELS, *mkd]
-
-
-def exported_model(folder: Path, variant: str, threads: int | None, name: str | None = None) -> LoadedModel:
-    """An exported variant run by onnxruntime (``pipeline.deploy``), named ``name`` (default ``student-<variant>``)."""
-    runner = deploy.ExportedStudent(folder, variant, threads)
-    return LoadedModel(name or EXPORTED_PREFIX + variant, runner.logits, runner.token_counts, runner.max_length)
-
-
-def pytorch_student(name: str, model_dir: Path, task: Task) -> LoadedModel:
-    """A saved student (or baseline) run by PyTorch; tokens counted by its own encoder, untruncated."""
-    from pipeline.students.architectures import load_student
-    from pipeline.students.inference import predict
-
-    model, encoder = load_student(model_dir)
-    counter = copy.copy(encoder)
-    counter.max_length = NO_LIMIT
-
-    def token_counts(text_a: Sequence[str], text_b: Sequence[str] | None) -> np.ndarray:
-        columns = [text_a] if text_b is None else [text_a, text_b]
-        return np.max([[len(ids) for ids in counter.encode(column)] for column in columns], axis=0)
-
-    def logits(text_a: Sequence[str], text_b: Sequence[str] | None, batch_size: int) -> np.ndarray:
-        return predict(model, encoder, task.name, text_a, text_b, batch_size)
-
-    return LoadedModel(name, logits, token_counts, encoder.max_length)
-
-
-def pytorch_teacher(name: str, model_dir: Path, params_path: Path) -> LoadedModel:
-    """A fine-tuned teacher folder (``teacher.*`` params); tokens counted with its special tokens
-    (``[CLS] a [SEP] b [SEP]``)."""
-    from pipeline.serving.teacher import load_teacher, predict_logits
-
-    params = load_params(params_path)
-
-    model, tokenizer = load_teacher(model_dir)
-
-    def token_counts(text_a: Sequence[str], text_b: Sequence[str] | None) -> np.ndarray:
-        encoded = tokenizer(list(text_a), list(text_b) if text_b is not None else None, truncation=False)
-        return np.array([len(ids) for ids in encoded["input_ids"]], dtype=np.int64)
-
-    def logits(text_a: Sequence[str], text_b: Sequence[str] | None, batch_size: int) -> np.ndarray:
-        return predict_logits(model, tokenizer, text_a, text_b, batch_size, params.teacher.max_length,
-                              params.score.precision)  # fmt: skip
-
-    return LoadedModel(name, logits, token_counts, params.teacher.max_length)
-
-
-def load_model(
-    name: str, task: Task, params_path: Path = DEFAULT_PARAMS_PATH, threads: int | None = None
-) -> LoadedModel:
-    """The model called ``name`` (see ``model_choices``) for ``task``; ``threads`` sets onnxruntime's threads.
-
-    ``params_path`` is read only for the teacher (its max length and precision)."""
-    if name.startswith(EXPORTED_PREFIX):
-        folder = paths.export_dir(task.name)
-        if not folder.exists():
-            raise FileNotFoundError(
-                f"{folder}: no exported student (run: python -m pipeline export --task {task.name})"
-            )
-        if name not in model_choices(task, folder):
-            raise UnknownModelError(
-                f"{folder}: no exported variant {name!r}; choose one of: {', '.join(model_choices(task, folder))}"
-            )
-        return exported_model(folder, name.removeprefix(EXPORTED_PREFIX), threads)
-    if name in ("teacher", "mt_teacher"):
-        model_dir = paths.teacher_dir(task.name) if name == "teacher" else paths.mt_teacher_dir(task.name)
-        return pytorch_teacher(name, model_dir, params_path)
-    if name.startswith(MKD_PREFIX):
-        return mkd_model(name, task, threads)
-    if name in ("student", "baseline"):
-        model_dir = paths.student_dir(task.name) if name == "student" else paths.baseline_dir(task.name)
-        return pytorch_student(name, model_dir, task)
-    raise UnknownModelError(f"unknown model {name!r}; choose one of: {', '.join(model_choices(task))}")
-
-
-def mkd_model(name: str, task: Task, threads: int | None) -> LoadedModel:
-    """``mkd_<architecture>`` (PyTorch: the task's fine-tuned student, else the joint one) or
-    ``mkd_<architecture>-<variant>`` (exported, onnxruntime)."""
-    architecture, _, variant = name.removeprefix(MKD_PREFIX).partition("-")
-    if variant:
-        folder = paths.mkd_export_dir(architecture) / task.name
-        if not folder.exists():
-            raise FileNotFoundError(f"{folder}: no exported MKD student (run: dvc repro export_mkd@{architecture})")
-        return exported_model(folder, variant, threads, name)
-    root = paths.mkd_dir(architecture)
-    model_dir = paths.mkd_task_model(root, task.name)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"{model_dir}: no MKD student (run: dvc repro mkd@{architecture})")
-    return pytorch_student(name, model_dir, task)
 
 
 LineError = tuple[int, str]  # (line number, problem)

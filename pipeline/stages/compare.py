@@ -7,10 +7,11 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from pipeline.data.prepared import dev_splits
 from pipeline.data.tasks import Task, get_task
 from pipeline.params import Params
-from pipeline.serving.catalogue import multi_task_models, single_task_models
-from pipeline.stages.evaluate import dev_splits, evaluate_models
+from pipeline.serving.catalogue import JOINT_SUFFIX, MKD_PREFIX, multi_task_models, single_task_models
+from pipeline.stages.evaluate import evaluate_models
 
 REFERENCE_TEACHER = "teacher"
 REFERENCE_STUDENT = "student"
@@ -30,9 +31,9 @@ def display_name(model: str) -> str:
     model, _, variant = model.partition("-")
     if variant:
         return f"{display_name(model)}, ONNX {'fp32' if variant == 'onnx' else variant}"
-    name = model.removeprefix("mkd_")
-    if name.endswith("_joint"):
-        return f"MKD {name.removesuffix('_joint')} (joint, no fine-tuning)"
+    name = model.removeprefix(MKD_PREFIX)
+    if name.endswith(JOINT_SUFFIX):
+        return f"MKD {name.removesuffix(JOINT_SUFFIX)} (joint, no fine-tuning)"
     return f"MKD {name}"
 
 
@@ -76,8 +77,16 @@ def compare(params: Params) -> dict[str, Any]:
 
 
 def metrics_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    """The compact part of ``compare``'s result for ``dvc metrics`` (the per-task reports left out)."""
+    """The compact part of ``compare``'s result (the per-task reports left out): a plain output."""
     return {key: value for key, value in summary.items() if key != "reports"}
+
+
+def metrics_headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """What ``dvc metrics`` shows of the comparison: the average over tasks (a fraction, as the task metrics) of
+    each PyTorch model the pipeline delivers (teachers, Tang student, baseline, each MKD student as kept per task),
+    named as in ``metrics/<task>.json`` so the columns are shared; the rest is in the summary."""
+    kept = [model for model in summary["models"] if "-" not in model and not model.endswith(JOINT_SUFFIX)]
+    return {model: summary["average"][model] / 100 for model in kept}
 
 
 def _metric_header(task: Task) -> str:

@@ -15,17 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from pipeline import paths
 from pipeline.data.glue import read_glue_tsv
 from pipeline.data.metrics import compute_metrics
 from pipeline.data.schema import table_texts
 from pipeline.data.tasks import Task
 from pipeline.params import Params
-from pipeline.serving.catalogue import ModelSource, Predictor, existing, multi_task_models, single_task_models
-from pipeline.serving.predict import EXPORTED_PREFIX
+from pipeline.serving.catalogue import (
+    EXPORTED_PREFIX,
+    ModelSource,
+    Predictor,
+    existing,
+    multi_task_models,
+    single_task_models,
+)
 from pipeline.training.device import pick_device, torch_threads
 
 
@@ -69,7 +73,7 @@ def evaluate_models(
         text_a, text_b = table_texts(task, table)
         labels = table.column("label").to_numpy()
         quality[split] = {
-            name: compute_metrics(task, model.predict(text_a, text_b, batch_size), labels)
+            name: compute_metrics(task, model.logits(text_a, text_b, batch_size), labels)
             for name, model in loaded.items()
         }
 
@@ -80,7 +84,7 @@ def evaluate_models(
     with torch_threads(params.evaluate.threads):
         speed = {
             f"batch_{size}": measure_throughput(
-                {name: model.predict for name, model in on_cpu.items()},
+                {name: model.logits for name, model in on_cpu.items()},
                 speed_a,
                 speed_b,
                 size,
@@ -135,6 +139,18 @@ def evaluate_splits(
     return report
 
 
+def headline(task: Task, report: dict[str, Any]) -> dict[str, Any]:
+    """The numbers ``dvc metrics`` shows for a task (``metrics/<task>.json``): teacher, KD student and baseline on
+    the task's primary metric (first dev split), the KD gain (student - baseline) and, per timed batch size, how many
+    times faster than the teacher the fastest deployable student variant is. The full report is a plain output."""
+    quality = next(iter(report["quality"].values()))
+    primary = {model: quality[model][task.primary_metric] for model in ("teacher", "student", "baseline")}
+    speedup = {
+        key: report["ratios"][f"{best}_vs_teacher"][f"speed_{key}"] for key, best in report["fastest_student"].items()
+    }
+    return {**primary, "kd_gain": primary["student"] - primary["baseline"], "student_speedup": speedup}
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """A Markdown summary: one row per model, metric columns per split, size and speed columns."""
     splits = list(report["quality"])
@@ -166,11 +182,6 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"CPU speed over the teacher, {speeds}.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def dev_splits(task: Task, prepared_dir: Path = paths.PREPARED_DIR) -> dict[str, pa.Table]:
-    """The task's prepared dev split(s), by name."""
-    return {split: pq.read_table(paths.prepared_split(task.name, split, prepared_dir)) for split in task.dev_splits}
 
 
 def file_split(task: Task, data_path: Path) -> dict[str, pa.Table]:

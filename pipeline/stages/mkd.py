@@ -3,7 +3,9 @@
 The student (shared layers + one head per task) learns from each task's logit shards — scored by the multi-task
 teacher (``mkd.teacher: multitask``) or by the single-task teachers (``single``) — with every mini-batch from one
 task. Optional per-task fine-tuning then starts from the jointly distilled weights and yields one model per task; a
-task keeps the fine-tuned model only if it beats the joint model on that task's dev split.
+task keeps the fine-tuned model only if it beats the joint model on that task's dev split. One process, or DDP under
+``torchrun`` / ``accelerate launch`` (every process reads all rows and trains on its share of each batch). The joint
+run and each fine-tuning checkpoint every epoch, so a killed stage run again resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from accelerate import Accelerator
 
 from pipeline import paths
 from pipeline.data.io import atomic_dir
-from pipeline.data.shards import load_shards
 from pipeline.data.subsets import filter_originals, kept_originals
 from pipeline.data.tasks import Task, get_task
 from pipeline.params import MKDStudentTraining, Params
@@ -28,19 +30,18 @@ from pipeline.serving.teacher import resolve_checkpoint
 from pipeline.students.architectures import get_architecture, save_student
 from pipeline.students.base import StudentModel
 from pipeline.students.encoding import StudentEncoder
-from pipeline.training.device import pick_device, seed_everything, use_threads
-from pipeline.training.distributed import Processes, processes
+from pipeline.training.accelerator import accelerated
+from pipeline.training.checkpoint import CheckpointPlan, Checkpoints, stage_checkpoint_dir
+from pipeline.training.device import seed_everything, use_threads
 from pipeline.training.fit import TaskData, fit
 from pipeline.training.losses import distillation_loss_fn
 from pipeline.training.student_data import (
     all_texts,
     build_task_data,
-    check_distributable,
     distillation_targets,
     read_shards,
     training_summary,
 )
-from pipeline.training.tracking import training_log
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _task_data(task: Task, params: Params, encoder: StudentEncoder, table: pa.Ta
 
 def run_mkd(
     architecture: str, params: Params, logits_root: Path, prepared_dir: Path, mt_teacher_root: Path, out_dir: Path,
-    log_dir: Path, finetune_log_dir: Path,
+    log_dir: Path, finetune_log_dir: Path, checkpoint_dir: Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Distil every task in ``params.tasks`` into one ``architecture`` student, then fine-tune per task; save all.
 
@@ -60,63 +61,72 @@ def run_mkd(
     ``mkd.init_from``: the multi-task teacher (any task's folder under ``mt_teacher_root``: they share the encoder)
     or ``teacher.checkpoint``. Writes ``out_dir/multitask`` (the joint student, all heads) and, with
     ``mkd.finetune_epochs > 0``, ``out_dir/<task>`` (one head each). Returns a summary with every model's best dev
-    metrics. Under ``torchrun`` / ``accelerate launch`` every process trains on its part of the shards (DDP).
+    metrics. Epochs are checkpointed in ``checkpoint_dir`` (default: ``checkpoints/mkd/<architecture>`` when
+    ``out_dir`` is the workspace's ``models/mkd/<architecture>``, else none).
     """
     train_params = getattr(params.mkd.training, architecture)
     tasks = [get_task(name) for name in params.tasks]
-    part = processes(pick_device())
-    seed_everything(params.seed)
-    use_threads(params.threads)
-    budget = min(
-        (limit for limit in (params.mkd.max_originals_per_task, train_params.max_originals_per_task) if limit),
-        default=None,
-    )
-    tables = {
-        task.name: budgeted_rows(
-            task, paths.shard_dir(task.name, params.mkd.teacher, logits_root), budget, params.seed, part
-        )
-        for task in tasks
-    }
-    texts = itertools.chain.from_iterable(all_texts(task, tables[task.name]) for task in tasks)
+    shard_dirs = {task.name: paths.shard_dir(task.name, params.mkd.teacher, logits_root) for task in tasks}
     init_dir = (
         paths.mt_teacher_dir(tasks[0].name, mt_teacher_root) if params.mkd.init_from == "mt_teacher"
         else Path(resolve_checkpoint(params.teacher.checkpoint))
     )  # fmt: skip
-    model, encoder = get_architecture(architecture).build(params, tasks, init_dir, texts, params.seed)
-    check_distributable(encoder, part)
-    model.to(part.device)
-    data = {task.name: _task_data(task, params, encoder, tables[task.name], prepared_dir) for task in tasks}
-    rows = {name: table.num_rows for name, table in tables.items()}
-    log.info("mkd %s: transfer rows per task %s; training %s", architecture, rows, train_params)
-    shutil.rmtree(finetune_log_dir, ignore_errors=True)
-    with atomic_dir(out_dir) if part.is_main else contextlib.nullcontext(out_dir) as tmp_out:
-        summary = _distil_and_fine_tune(
-            architecture, params, train_params, model, encoder, data, rows, tmp_out, log_dir, finetune_log_dir, part
+    plan = CheckpointPlan(
+        stage_checkpoint_dir(checkpoint_dir, [out_dir], [paths.mkd_dir(architecture)], "mkd", architecture),
+        {
+            "seed": params.seed, "threads": params.threads, "tasks": params.tasks, "mkd": params.mkd,
+            architecture: getattr(params, architecture), "teacher.checkpoint": params.teacher.checkpoint,
+        },
+        [*shard_dirs.values(), *(paths.prepared_split(t.name, t.dev_splits[0], prepared_dir) for t in tasks), init_dir],
+    )  # fmt: skip
+    with accelerated(train_params.mixed_precision, several_tasks=len(tasks) > 1) as accelerator:
+        seed_everything(params.seed)
+        use_threads(params.threads)
+        budget = min(
+            (limit for limit in (params.mkd.max_originals_per_task, train_params.max_originals_per_task) if limit),
+            default=None,
         )
+        tables = {task.name: budgeted_rows(task, shard_dirs[task.name], budget, params.seed) for task in tasks}
+        texts = itertools.chain.from_iterable(all_texts(task, tables[task.name]) for task in tasks)
+        model, encoder = get_architecture(architecture).build(params, tasks, init_dir, texts, params.seed)
+        data = {task.name: _task_data(task, params, encoder, tables[task.name], prepared_dir) for task in tasks}
+        rows = {name: table.num_rows for name, table in tables.items()}
+        log.info("mkd %s: transfer rows per task %s; training %s", architecture, rows, train_params)
+        main = accelerator.is_main_process
+        if main:
+            shutil.rmtree(finetune_log_dir, ignore_errors=True)
+        checkpoints = plan.open(accelerator)
+        with atomic_dir(out_dir) if main else contextlib.nullcontext(out_dir) as tmp_out:
+            summary = _distil_and_fine_tune(
+                architecture, params, train_params, model, encoder, data, rows, tmp_out, log_dir, finetune_log_dir,
+                accelerator, checkpoints,
+            )  # fmt: skip
+            accelerator.wait_for_everyone()
+        if checkpoints is not None:
+            checkpoints.remove(accelerator)
     return summary
 
 
-def budgeted_rows(task: Task, shard_dir: Path, budget: int | None, seed: int, part: Processes) -> pa.Table:
-    """This process's shard rows of the ``budget`` originals (``pipeline.subsets``), chosen among all the shards'
-    originals so every process of a data-parallel run keeps the same ones."""
-    all_sources = load_shards(shard_dir, columns=["source_id"], verify=False).column("source_id").to_numpy()
-    return filter_originals(read_shards(task, shard_dir, part), kept_originals(all_sources, budget, seed))
+def budgeted_rows(task: Task, shard_dir: Path, budget: int | None, seed: int) -> pa.Table:
+    """The shard rows of the ``budget`` originals (``pipeline.subsets``) chosen among all the shards' originals."""
+    table = read_shards(task, shard_dir)
+    return filter_originals(table, kept_originals(table.column("source_id").to_numpy(), budget, seed))
 
 
 def _distil_and_fine_tune(
     architecture: str, params: Params, train_params: MKDStudentTraining, model: StudentModel, encoder: StudentEncoder,
     data: dict[str, TaskData], rows: dict[str, int], out_dir: Path, log_dir: Path, finetune_log_dir: Path,
-    part: Processes,
+    accelerator: Accelerator, checkpoints: Checkpoints | None,
 ) -> dict[str, Any]:  # fmt: skip
     """Joint distillation, then per-task fine-tuning; only the main process logs and saves."""
     tasks = [d.task for d in data.values()]
-    with training_log(log_dir, enabled=part.is_main) as tracker:
-        joint = fit(
-            model, data, train_params, params.seed, tracker, params.mkd.sampling, params.mkd.temperature,
-            desc=f"mkd {architecture}", part=part,
-        )  # fmt: skip
+    main = accelerator.is_main_process
+    joint = fit(
+        model, data, train_params, params.seed, accelerator, log_dir, params.mkd.sampling, params.mkd.temperature,
+        desc=f"mkd {architecture}", checkpoints=checkpoints and checkpoints.sub(paths.MKD_JOINT),
+    )  # fmt: skip
     summary: dict[str, Any] = {paths.MKD_JOINT: training_summary(model, joint, rows)}
-    if part.is_main:
+    if main:
         save_student(model, encoder, out_dir / paths.MKD_JOINT, summary[paths.MKD_JOINT])
 
     if params.mkd.finetune_epochs:
@@ -124,11 +134,11 @@ def _distil_and_fine_tune(
         for task in tasks:
             tuned = copy.deepcopy(model)
             tuned.keep_tasks([task.name])
-            with training_log(finetune_log_dir / task.name, enabled=part.is_main) as tracker:
-                result = fit(
-                    tuned, {task.name: data[task.name]}, finetune_params, params.seed, tracker,
-                    desc=f"mkd {architecture} fine-tune {task.name}", part=part,
-                )  # fmt: skip
+            result = fit(
+                tuned, {task.name: data[task.name]}, finetune_params, params.seed, accelerator,
+                finetune_log_dir / task.name, desc=f"mkd {architecture} fine-tune {task.name}",
+                checkpoints=checkpoints and checkpoints.sub(task.name),
+            )  # fmt: skip
             primary = task.primary_metric
             improved = result.best_metrics[task.name][primary] > joint.best_metrics[task.name][primary]
             if not improved:
@@ -141,6 +151,6 @@ def _distil_and_fine_tune(
             }
             log.info("mkd %s %s: %s", architecture, task.name, "fine-tuned" if improved else "joint model kept")
             summary[task.name] = task_summary
-            if part.is_main:
+            if main:
                 save_student(tuned, encoder, out_dir / task.name, task_summary)
     return summary

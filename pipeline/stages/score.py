@@ -38,7 +38,7 @@ from pipeline.serving.teacher import load_teacher, predict_logits, teacher_finge
 log = logging.getLogger(__name__)
 
 RUN_STATE_NAME = "_score_inputs.json"  # fingerprint of what the shards on disk were scored from
-STALE_TMP_GLOB = ".*.tmp"  # temporaries of atomic writes (pipeline.io.atomic_path) cut short by a kill
+STALE_TMP_GLOB = ".*.tmp"  # temporaries of atomic writes (pipeline.data.io.atomic_path) cut short by a kill
 RAY_ADDRESS_ENV = "RAY_ADDRESS"  # set: connect to that Ray cluster; unset: start a local instance for the run
 
 ShardJob = tuple[int, pa.Table]  # (shard index, its transfer-set rows)
@@ -97,7 +97,7 @@ def run_score(
     task: Task, params: Params, transfer_path: Path, teacher_dir: Path, out_dir: Path, max_originals: int | None = None
 ) -> dict[str, Any]:
     """Score every transfer-set row (or, with ``max_originals``, the rows of a seeded subset of that many originals:
-    ``pipeline.subsets.subset_originals``) into ``out_dir/part-NNNNN.parquet`` plus ``manifest.json``."""
+    ``pipeline.data.subsets.subset_originals``) into ``out_dir/part-NNNNN.parquet`` plus ``manifest.json``."""
     inputs = _run_inputs(transfer_path, teacher_dir, params, max_originals)
     _prepare_out_dir(out_dir, inputs)
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)

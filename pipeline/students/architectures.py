@@ -21,7 +21,7 @@ ARCHITECTURES: dict[str, type[StudentModel]] = {
     cls.architecture: cls for cls in (BiLSTMStudent, BiattentiveStudent, TransformerStudent)
 }
 MODEL_FILE = "model.pt"
-CONFIG_FILE = "config.json"
+STUDENT_CONFIG_FILE = "config.json"
 ENCODER_DIR = "encoder"
 
 
@@ -43,13 +43,13 @@ def save_student(model: StudentModel, encoder: StudentEncoder, out_dir: Path, tr
     }
     with atomic_dir(out_dir) as tmp:
         torch.save(model.state_dict(), tmp / MODEL_FILE)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (tmp / STUDENT_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         encoder.save(tmp / ENCODER_DIR)
 
 
 def read_student_config(model_dir: Path) -> dict[str, Any]:
     """The ``config.json`` written by ``save_student``."""
-    return json.loads((Path(model_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
+    return json.loads((Path(model_dir) / STUDENT_CONFIG_FILE).read_text(encoding="utf-8"))
 
 
 def load_student(model_dir: Path, device: torch.device | None = None) -> tuple[StudentModel, StudentEncoder]:

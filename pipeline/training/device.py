@@ -37,10 +37,11 @@ def cpu_has_native_bf16() -> bool:
 
 
 def training_precision(device: torch.device, mixed_precision: str) -> Precision:
-    """The precision to TRAIN in for ``mixed_precision`` (``teacher.mixed_precision``).
+    """The precision every training stage trains in for its ``mixed_precision`` (``teacher.``, ``student.``,
+    ``baseline.``, ``mkd.training.<architecture>.mixed_precision``), given to Accelerate.
 
-    ``auto``: bf16 on CUDA when supported (fp16 otherwise); on CPU bf16 when the CPU has native bf16, else fp32.
-    Inference precision is ``autocast_dtype``'s business, not this function's.
+    ``auto``: bf16 on CUDA when supported (fp16, with Accelerate's grad scaler, otherwise); on CPU bf16 when the CPU
+    has native bf16, else fp32. Inference precision is ``autocast_dtype``'s business, not this function's.
     """
     if mixed_precision == "fp16" and device.type == "cpu":
         raise ParamsError("teacher.mixed_precision: fp16 training needs a GPU; on CPU use auto, bf16 or fp32")

@@ -5,19 +5,18 @@ the multi-task teacher (``python -m pipeline mt-teacher``, MT-DNN style): one en
 ``AutoModelForSequenceClassification`` per task, every mini-batch from one task (``pipeline.sampling``). The
 single-task teacher is the one-task case. The same command runs in one process (CPU or one GPU) or as DDP under
 ``accelerate launch`` / ``torchrun``: every process builds the same global batch order from the seed and trains on
-its own disjoint share of each batch (``pipeline.batching.process_share``); only the main process evaluates,
-logs (DVCLive) and saves.
+its own disjoint share of each batch (``pipeline.training.accelerator.process_rows``); only the main process
+evaluates, logs (DVCLive) and saves. Given ``Checkpoints``, every epoch is checkpointed and a run continues after the
+latest checkpoint's epoch, ending with the model an uninterrupted run would have.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,13 @@ from transformers import (
 )
 
 from pipeline import paths
-from pipeline.data.batching import process_share
 from pipeline.data.metrics import compute_metrics
 from pipeline.data.schema import table_texts
 from pipeline.data.tasks import Task
 from pipeline.params import TeacherParams
 from pipeline.serving.teacher import Encoded, batch_tensors, predict_logits, tokenize
+from pipeline.training.accelerator import RowTrace, process_rows
+from pipeline.training.checkpoint import Checkpoints, Progress
 from pipeline.training.sampling import TaskBatch, TaskBatchSampler
 from pipeline.training.tracking import training_log
 
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 MAX_GRAD_NORM = 1.0
 ADAMW_OPTIONS = {"fused": True}  # one fused kernel: 5.5x faster steps than foreach on CPU (MiniLM)
 DEV_PRECISION_ON_CPU = "fp32"  # the dev evaluation during fine-tuning runs in full precision on CPU
-TRACE_ROWS_ENV = "DISTILLERY_TRACE_ROWS"  # a folder: each process logs the training rows it trained on (tests)
 OptimizerStep = list[TaskBatch]  # consecutive global batches whose gradients add up to one optimizer step
 
 
@@ -137,22 +136,12 @@ def training_schedule(sampler: TaskBatchSampler, epochs: float, accumulation_ste
     return schedule
 
 
-class RowTrace:
-    """When ``$DISTILLERY_TRACE_ROWS`` names a folder, appends one JSON line per batch to ``process-<index>.jsonl``
-    there: epoch, task and the training rows this process trained on. Off otherwise (tests switch it on)."""
+@dataclass
+class FineTuningProgress(Progress):
+    """Where a fine-tuning run stands after its last epoch; checkpointed with it."""
 
-    def __init__(self, process_index: int) -> None:
-        folder = os.environ.get(TRACE_ROWS_ENV)
-        self.path = Path(folder) / f"process-{process_index}.jsonl" if folder else None
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.unlink(missing_ok=True)
-
-    def record(self, epoch: int, task: str, rows: np.ndarray) -> None:
-        """Log one batch's rows (no-op when tracing is off)."""
-        if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"epoch": epoch, "task": task, "rows": rows.tolist()}) + "\n")
+    epoch: int = 0
+    dev: dict[str, dict[str, float]] = field(default_factory=dict)  # the last epoch's dev metrics (main process)
 
 
 @dataclass
@@ -178,19 +167,18 @@ class FineTuning:
         """
         accelerator, device = self.accelerator, self.accelerator.device
         step_rows = sum(len(rows) for _, rows in step)
-        for position, (name, rows) in enumerate(step):
+        for position, (name, batch) in enumerate(step):
             item = self.data[name]
-            share = process_share(rows, accelerator.process_index, accelerator.num_processes)
-            weight = accelerator.num_processes / step_rows if len(share) else 0.0
-            inputs = share if len(share) else rows[:1]
+            rows, counted = process_rows(batch, accelerator)
+            weight = accelerator.num_processes / step_rows if counted else 0.0
             synchronise = position == len(step) - 1  # gradients are all-reduced once, on the step's last batch
             with contextlib.nullcontext() if synchronise else accelerator.no_sync(self.model):
-                logits = self.model(name, **batch_tensors(self.tokenizer, item.encoded, inputs, device))
-                loss = summed_loss(item.task, logits, item.label_tensor(inputs, device))
+                logits = self.model(name, **batch_tensors(self.tokenizer, item.encoded, rows, device))
+                loss = summed_loss(item.task, logits, item.label_tensor(rows, device))
                 accelerator.backward(loss * weight)
-            if len(share):
-                loss_totals[name] += torch.stack([loss.detach(), torch.tensor(float(len(share)), device=device)])
-            self.trace.record(epoch, name, share)
+            if counted:
+                loss_totals[name] += torch.stack([loss.detach(), torch.tensor(float(counted), device=device)])
+            self.trace.record(epoch, name, rows[:counted])
         accelerator.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM)
         self.optimizer.step()
         self.scheduler.step()
@@ -206,29 +194,42 @@ class FineTuning:
         return {"": float(overall[0] / overall[1]), **losses}
 
     def train(
-        self, schedule: list[list[OptimizerStep]], hp: TeacherParams, log_dir: Path
-    ) -> dict[str, dict[str, float]]:
+        self, schedule: list[list[OptimizerStep]], hp: TeacherParams, log_dir: Path,
+        checkpoints: Checkpoints | None = None,
+    ) -> dict[str, dict[str, float]]:  # fmt: skip
         """Every epoch of ``schedule``, each followed (main process) by a dev evaluation logged to DVCLive in
-        ``log_dir``; returns the last dev metrics per task (empty on the other processes)."""
-        accelerator, several_tasks = self.accelerator, len(self.data) > 1
-        dev: dict[str, dict[str, float]] = {}
+        ``log_dir`` and, with ``checkpoints``, by an epoch checkpoint; a run with a checkpoint continues after its
+        epoch. Returns the last dev metrics per task (empty on the other processes)."""
+        accelerator, several_tasks, main = self.accelerator, len(self.data) > 1, self.accelerator.is_main_process
+        progress = FineTuningProgress()
+        accelerator.register_for_checkpointing(progress)
+        if checkpoints is not None and checkpoints.resume(accelerator, log_dir if main else None):
+            log.info("teacher: resumed after epoch %d", progress.epoch)
         description = f"teacher {'+'.join(self.data)}"
-        progress = tqdm(total=sum(map(len, schedule)), desc=description, disable=not accelerator.is_main_process)
-        with training_log(log_dir, enabled=accelerator.is_main_process) as tracking:
-            for epoch, steps in enumerate(schedule, start=1):
+        progress_bar = tqdm(
+            total=sum(map(len, schedule)), initial=sum(map(len, schedule[: progress.epoch])), desc=description,
+            disable=not main,
+        )  # fmt: skip
+        with training_log(log_dir, enabled=main, resume_step=progress.epoch) as tracking:
+            for epoch, steps in enumerate(schedule[progress.epoch :], start=progress.epoch + 1):
                 self.model.train()
                 loss_totals = {name: torch.zeros(2, device=accelerator.device) for name in self.data}
                 for step in steps:
                     self.train_step(step, epoch, loss_totals)
-                    progress.update()
+                    progress_bar.update()
                 train_losses = self.train_losses(loss_totals)
-                if accelerator.is_main_process:
-                    dev = evaluate_dev(self.teacher(), self.tokenizer, self.data, hp)
-                    metrics = epoch_metrics(train_losses, dev, several_tasks)
+                if main:
+                    progress.dev = evaluate_dev(self.teacher(), self.tokenizer, self.data, hp)
+                    metrics = epoch_metrics(train_losses, progress.dev, several_tasks)
                     tracking.log_epoch(metrics)
                     log.info("teacher epoch %d: %s", epoch, metrics)
-        progress.close()
-        return dev
+                progress.epoch = epoch
+                if checkpoints is not None:
+                    checkpoints.save(accelerator, epoch, log_dir if main else None)
+            if main:
+                tracking.headline({name: progress.dev[name][self.data[name].task.primary_metric] for name in self.data})
+        progress_bar.close()
+        return progress.dev if main else {}
 
     def teacher(self) -> SharedEncoderTeacher:
         """The trained model without its Accelerate/DDP wrapping."""

@@ -1,37 +1,46 @@
-"""The student training loop: any ``StudentModel`` on one or several tasks, early stopping on dev, best epoch kept."""
+"""The student training loop: any ``StudentModel`` on one or several tasks, early stopping on dev, best epoch kept.
+
+``fit`` trains on the Accelerate stack the teacher uses (``pipeline.training.accelerator``): the accelerator's device
+and precision (autocast around the model's forward; fp16 with Accelerate's grad scaler), and under ``torchrun`` /
+``accelerate launch`` DDP with the global-batch scheme: every process holds all training rows and draws the same
+batches from the seed, trains on its share of each and weights the share's mean loss by ``processes x share rows /
+batch rows``, so that DDP's gradient average is the gradient of the batch's mean loss. In one process the weight is
+exactly 1.0 and the embedding tables keep their sparse gradients; under DDP they get dense ones (NCCL and gloo cannot
+all-reduce sparse gradients). After every epoch the main process scores the dev sets and broadcasts the metrics, so
+that every process makes the same early-stopping decision; with ``checkpoints`` the epoch is then checkpointed, and a
+run resumed from a checkpoint ends with the same model as one never interrupted.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline.data.metrics import compute_metrics
 from pipeline.data.tasks import Task
-from pipeline.params import TrainParams
+from pipeline.params import SamplingScheme, TrainParams
 from pipeline.students.base import StudentModel
 from pipeline.students.encoding import EncodedInputs
 from pipeline.students.inference import predict_encoded
-from pipeline.training.device import (
-    autocast,
-    autocast_dtype,
-    training_precision,
-)
-from pipeline.training.distributed import Processes, common_count
+from pipeline.training.accelerator import RowTrace, process_rows, release
+from pipeline.training.checkpoint import Checkpoints, Progress
 from pipeline.training.losses import LossFn
 from pipeline.training.optim import build_optimizers
-from pipeline.training.sampling import SamplingScheme, TaskBatchSampler
-from pipeline.training.tracking import TrainingLog
+from pipeline.training.sampling import TaskBatchSampler
+from pipeline.training.tracking import TrainingLog, training_log
 
-# Batch size for dev-set evaluation after each epoch.
 log = logging.getLogger(__name__)
 
-EVAL_BATCH_SIZE = 512
+EVAL_BATCH_SIZE = 512  # batch size of the dev-set evaluation after each epoch
 
 
 @dataclass(frozen=True)
@@ -55,12 +64,29 @@ class FitResult:
     best_metrics: dict[str, dict[str, float]]
 
 
-def training_autocast_dtype(device: torch.device, mixed_precision: str) -> torch.dtype | None:
-    """Autocast dtype of student training: bf16 for ``bf16``, and for ``auto`` where bf16 is native (CUDA with bf16,
-    a CPU with AVX512-BF16 or AMX); None (fp32) otherwise. Students never train in fp16 (there is no loss scaling)."""
-    if mixed_precision == "auto":
-        return torch.bfloat16 if training_precision(device, "auto") == "bf16" else None
-    return autocast_dtype(device, mixed_precision)
+@dataclass
+class FitProgress(Progress):
+    """Where a ``fit`` stands after its last epoch; checkpointed with it."""
+
+    epoch: int = 0
+    done: bool = False  # the last epoch, or early stopping
+    curve: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float = -math.inf
+    best_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    best_state: dict[str, torch.Tensor] | None = None
+
+
+class StudentForward(nn.Module):
+    """The student as Accelerate trains it. Accelerate puts autocast (and DDP) around this module's forward only, so
+    the student's own forward, which the dev evaluation calls, stays in full precision."""
+
+    def __init__(self, student: StudentModel) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, task: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.student(task, inputs)
 
 
 def _metric_names(task: Task, metrics: dict[str, float], multi_task: bool) -> dict[str, float]:
@@ -68,86 +94,143 @@ def _metric_names(task: Task, metrics: dict[str, float], multi_task: bool) -> di
     return {prefix + name: value for name, value in metrics.items()}
 
 
+def step_optimizers(optimizers: list[torch.optim.Optimizer], accelerator: Accelerator) -> None:
+    """Step every optimizer; with fp16's grad scaler, through it (it skips steps with inf/NaN gradients) and update
+    the scale once, after all of them."""
+    scaler = accelerator.scaler
+    for optimizer in optimizers:
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+    if scaler is not None:
+        scaler.update()
+
+
 def fit(
     model: StudentModel,
     data: dict[str, TaskData],
     hp: TrainParams,
     seed: int,
-    tracker: TrainingLog,
+    accelerator: Accelerator,
+    log_dir: Path,
     sampling: SamplingScheme = "proportional",
     temperature: float = 1.0,
     desc: str = "student",
-    part: Processes | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> FitResult:
     """Train ``model`` on every task in ``data`` with early stopping; load the best epoch's weights into it.
 
-    The early-stopping score is the mean over tasks of each task's primary dev metric (a NaN counts as worst).
-    In a data-parallel run (``part.distributed``; ``data`` holds this process's training rows) the model is wrapped
-    in DDP, its embedding tables get dense gradients (NCCL cannot all-reduce sparse ones), every process takes the
-    same number of steps per epoch (the smallest count; each process's sampler is seeded with ``seed + index``)
-    and every process scores the full dev sets, so all make the same early-stopping decisions.
+    The early-stopping score is the mean over tasks of each task's primary dev metric (a NaN counts as worst). The main
+    process logs the epochs to DVCLive in ``log_dir``. With ``checkpoints``, every epoch is checkpointed and a run
+    finds its latest checkpoint and continues from there.
     """
-    part = part or Processes(0, 1, next(model.parameters()).device)
-    device = part.device
-    dtype = training_autocast_dtype(device, hp.mixed_precision)
+    main = accelerator.is_main_process
+    if accelerator.num_processes > 1:
+        for module in model.modules():
+            if isinstance(module, nn.Embedding):
+                module.sparse = False
+    forward = accelerator.prepare(StudentForward(model))
+    device = accelerator.device
     sampler = TaskBatchSampler(
         {name: d.train.lengths for name, d in data.items()},
         {name: hp.batch_size_for(d.task) for name, d in data.items()},
-        sampling, temperature, seed + part.index,
+        sampling, temperature, seed,
     )  # fmt: skip
-    steps_per_epoch = common_count(sampler.batches_per_epoch(), part)
-    multi_task = len(data) > 1
-    forward: torch.nn.Module = model
-    if part.distributed:
-        for module in model.modules():
-            if isinstance(module, torch.nn.Embedding):
-                module.sparse = False
-        forward = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=multi_task
-        )
+    steps_per_epoch = sampler.batches_per_epoch()
     optimizers, schedulers = build_optimizers(hp, model, hp.epochs * steps_per_epoch)
-    if part.is_main:
-        log.info("%s: %d process(es) on %s, autocast %s, %d steps per epoch",
-                 desc, part.count, device, dtype or "off", steps_per_epoch)  # fmt: skip
-    curve: list[dict[str, float]] = []
-    best_score, best_epoch, best_state, best_metrics = -math.inf, 0, None, {}
-    for epoch in range(1, hp.epochs + 1):
-        model.train()
-        total, rows_seen = torch.zeros((), device=device), 0
-        batches = sampler.epoch()[:steps_per_epoch]
-        for task, rows in tqdm(batches, desc=f"{desc} epoch {epoch}", unit="batch", disable=not part.is_main):
-            batch_data = data[task]
-            with autocast(device, dtype):
-                logits = forward(task, batch_data.train.batch(rows, device))
-            index = torch.from_numpy(rows)
-            loss = batch_data.loss_fn(logits.float(), {k: t[index].to(device) for k, t in batch_data.targets.items()})
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for optimizer in optimizers:
-                optimizer.step()
-            for scheduler in schedulers:
-                scheduler.step()
-            total += loss.detach() * len(rows)
-            rows_seen += len(rows)
-        metrics = {
+    progress = FitProgress()
+    accelerator.register_for_checkpointing(progress, sampler, *optimizers, *schedulers)
+    if checkpoints is not None and checkpoints.resume(accelerator, log_dir):
+        log.info("%s: resumed after epoch %d", desc, progress.epoch)
+    if main:
+        log.info("%s: %d process(es) on %s, mixed precision %s, %d steps per epoch",
+                 desc, accelerator.num_processes, device, accelerator.mixed_precision, steps_per_epoch)  # fmt: skip
+    trace = RowTrace(accelerator.process_index)
+    multi_task = len(data) > 1
+    with training_log(log_dir, enabled=main, resume_step=progress.epoch) as tracker:
+        while not progress.done:
+            epoch = progress.epoch + 1
+            train_loss = _train_epoch(forward, data, sampler.epoch(), optimizers, schedulers, accelerator, trace,
+                                      epoch, f"{desc} epoch {epoch}")  # fmt: skip
+            metrics = _evaluate(model, data, accelerator)
+            record = {"epoch": epoch, "train/loss": train_loss}
+            for name, task_metrics in metrics.items():
+                record.update(_metric_names(data[name].task, task_metrics, multi_task))
+            _end_epoch(progress, epoch, record, metrics, model, data, hp, tracker)
+            log.info("%s epoch %d: %s", desc, epoch, record)
+            if checkpoints is not None:
+                checkpoints.save(accelerator, epoch, log_dir if main else None)
+        tracker.headline(
+            {name: metrics[data[name].task.primary_metric] for name, metrics in progress.best_metrics.items()},
+            best_epoch=progress.best_epoch,
+        )
+    assert progress.best_state is not None  # hp.epochs >= 1
+    model.load_state_dict(progress.best_state)
+    release(accelerator)
+    return FitResult(progress.curve, progress.best_epoch, progress.best_metrics)
+
+
+def _train_epoch(
+    forward: nn.Module, data: dict[str, TaskData], batches: list[tuple[str, np.ndarray]],
+    optimizers: list[torch.optim.Optimizer], schedulers: list[torch.optim.lr_scheduler.LRScheduler],
+    accelerator: Accelerator, trace: RowTrace, epoch: int, desc: str,
+) -> float:  # fmt: skip
+    """One epoch of optimizer steps, one per global batch (this process's share of it); the mean training loss per
+    row over all processes."""
+    device, processes = accelerator.device, accelerator.num_processes
+    forward.train()
+    total, rows_seen = torch.zeros((), device=device), 0
+    for task, batch in tqdm(batches, desc=desc, unit="batch", disable=not accelerator.is_main_process):
+        item = data[task]
+        rows, counted = process_rows(batch, accelerator)
+        logits = forward(task, item.train.batch(rows, device))
+        index = torch.from_numpy(rows)
+        loss = item.loss_fn(logits.float(), {k: t[index].to(device) for k, t in item.targets.items()})
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss * (processes * counted / len(batch)))
+        step_optimizers(optimizers, accelerator)
+        for scheduler in schedulers:
+            scheduler.step()
+        if counted:
+            total += loss.detach() * counted
+            rows_seen += counted
+        trace.record(epoch, task, rows[:counted])
+    if processes > 1:
+        total, rows = accelerator.reduce(torch.stack([total, torch.tensor(float(rows_seen), device=device)]), "sum")
+        rows_seen = int(rows.item())
+    return total.item() / rows_seen
+
+
+def _evaluate(model: StudentModel, data: dict[str, TaskData], accelerator: Accelerator) -> dict[str, dict[str, float]]:
+    """Every task's dev metrics, scored in full precision by the main process and broadcast to the others."""
+    metrics = [
+        {
             name: compute_metrics(d.task, predict_encoded(model, name, d.dev, EVAL_BATCH_SIZE), d.dev_labels)
             for name, d in data.items()
         }
-        record = {"epoch": epoch, "train/loss": total.item() / rows_seen}
-        for name, task_metrics in metrics.items():
-            record.update(_metric_names(data[name].task, task_metrics, multi_task))
-        curve.append(record)
-        tracker.log_epoch({k: v for k, v in record.items() if k != "epoch"})
-        log.info("%s epoch %d: %s", desc, epoch, record)
-        primary = [metrics[name][d.task.primary_metric] for name, d in data.items()]
-        score = -math.inf if any(math.isnan(value) for value in primary) else float(np.mean(primary))
-        if best_state is None or score > best_score:
-            best_score, best_epoch, best_metrics = score, epoch, metrics
-            best_state = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
-        elif epoch - best_epoch >= hp.patience:
-            break
-    assert best_state is not None  # hp.epochs >= 1
-    model.load_state_dict(best_state)
-    tracker.summary({"best_epoch": best_epoch, "epochs_run": len(curve), "best": best_metrics})
-    return FitResult(curve, best_epoch, best_metrics)
+        if accelerator.is_main_process
+        else None
+    ]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(metrics)
+    return metrics[0]  # type: ignore[return-value]
+
+
+def _end_epoch(
+    progress: FitProgress, epoch: int, record: dict[str, float], metrics: dict[str, dict[str, float]],
+    model: StudentModel, data: dict[str, TaskData], hp: TrainParams, tracker: TrainingLog,
+) -> None:  # fmt: skip
+    """Log the epoch, keep the weights of the best epoch so far, and decide whether training is done."""
+    progress.curve.append(record)
+    tracker.log_epoch({k: v for k, v in record.items() if k != "epoch"})
+    primary = [metrics[name][d.task.primary_metric] for name, d in data.items()]
+    score = -math.inf if any(math.isnan(value) for value in primary) else float(np.mean(primary))
+    progress.epoch = epoch
+    if progress.best_state is None or score > progress.best_score:
+        progress.best_score, progress.best_epoch, progress.best_metrics = score, epoch, metrics
+        progress.best_state = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
+        progress.done = epoch == hp.epochs
+    else:
+        progress.done = epoch == hp.epochs or epoch - progress.best_epoch >= hp.patience

@@ -1,4 +1,5 @@
-"""Optimisers for student training: a dense optimiser plus its sparse counterpart for embedding tables."""
+"""Optimisers for student training: a dense optimiser plus its sparse counterpart for embedding tables with sparse
+gradients (one process; under DDP ``fit`` gives the tables dense gradients and the dense optimiser takes them)."""
 
 from __future__ import annotations
 

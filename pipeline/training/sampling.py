@@ -6,19 +6,21 @@ each example is seen exactly once per epoch and tasks appear in proportion to th
 for an epoch of the same number of batches; each task then reads its rows from its own endless stream of
 shuffled passes, so no row of a task repeats before every row of that task has been seen.
 
-Single-task training is the one-task case of the same sampler.
+Single-task training is the one-task case of the same sampler. ``state_dict`` / ``load_state_dict`` save and restore
+where the sampler stands (its RNG and each task's unread batches), so a resumed run draws the batches it would have.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Literal
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from pipeline.data.batching import bucket_batches
+from pipeline.params import SamplingScheme
 
-SamplingScheme = Literal["proportional", "uniform", "temperature"]
 TaskBatch = tuple[str, np.ndarray]  # (task name, row indices into that task's training set)
 
 
@@ -56,7 +58,7 @@ class TaskBatchSampler:
         self.scheme = scheme
         self.probabilities = task_probabilities({t: len(v) for t, v in self.lengths.items()}, scheme, temperature)
         self.rng = np.random.default_rng(seed)
-        self._streams = {task: self._stream(task) for task in self.lengths}
+        self._unread: dict[str, deque[np.ndarray]] = {task: deque() for task in self.lengths}  # current pass
 
     def batches_per_epoch(self) -> int:
         """Batches in one epoch: enough to cover every row of every task once."""
@@ -73,9 +75,20 @@ class TaskBatchSampler:
             return [batches[i] for i in self.rng.permutation(len(batches))]
         tasks = list(self.probabilities)
         draws = self.rng.choice(len(tasks), size=self.batches_per_epoch(), p=[self.probabilities[t] for t in tasks])
-        return [(tasks[i], next(self._streams[tasks[i]])) for i in draws]
+        return [(tasks[i], self._next_batch(tasks[i])) for i in draws]
 
-    def _stream(self, task: str) -> Iterator[np.ndarray]:
-        """Endless batches of ``task``: one shuffled, length-bucketed pass over its rows after another."""
-        while True:
-            yield from bucket_batches(self.lengths[task], self.batch_sizes[task], self.rng)
+    def _next_batch(self, task: str) -> np.ndarray:
+        """The next batch of ``task``'s endless stream: one shuffled, length-bucketed pass over its rows after
+        another (a pass is drawn when the previous one is used up)."""
+        if not self._unread[task]:
+            self._unread[task].extend(bucket_batches(self.lengths[task], self.batch_sizes[task], self.rng))
+        return self._unread[task].popleft()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the sampler stands: its RNG state and each task's unread batches of the current pass."""
+        return {"rng": self.rng.bit_generator.state, "unread": {t: list(b) for t, b in self._unread.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a ``state_dict``."""
+        self.rng.bit_generator.state = state["rng"]
+        self._unread = {task: deque(batches) for task, batches in state["unread"].items()}

@@ -1,9 +1,9 @@
-"""One training loop for every student: single-task (Tang et al.) and multi-task (MKD), any architecture.
+"""What the student stages train on, and the single-task training run they share.
 
-``fit`` trains a ``StudentModel`` on one or several tasks: each mini-batch comes from one task (``TaskBatchSampler``),
-the loss is that task's (distillation from teacher logits, or supervised on gold labels), and after every epoch the
-dev split of every task is scored; early stopping follows the mean of the tasks' primary dev metrics and the best
-epoch's weights are kept. ``train_student`` and ``train_baseline`` are the single-task stages built on it.
+Logit shards (``read_shards``) or labelled splits become ``fit``'s ``TaskData``: encoded inputs, per-row targets and a
+loss. ``_train_single_task`` builds Tang et al.'s BiLSTM for one task and fits it on the Accelerate stack (one process,
+or DDP under a launcher: every process reads all rows and trains on its share of each batch), checkpointing every
+epoch; the main process saves the student and logs, and the checkpoints go once the student is saved.
 """
 
 from __future__ import annotations
@@ -20,21 +20,21 @@ import torch
 
 from pipeline import paths
 from pipeline.data.schema import table_texts
-from pipeline.data.shards import load_shards, logits_matrix, shard_files, shard_part, take
+from pipeline.data.shards import load_shards, logits_matrix
 from pipeline.data.tasks import Task
 from pipeline.errors import ShardError
 from pipeline.params import Params, TrainParams
 from pipeline.students.architectures import get_architecture, save_student
 from pipeline.students.base import StudentModel, count_parameters
-from pipeline.students.encoding import EncodedInputs, StudentEncoder, WordEncoder
+from pipeline.students.encoding import EncodedInputs, StudentEncoder
+from pipeline.training.accelerator import accelerated
+from pipeline.training.checkpoint import CheckpointPlan
 from pipeline.training.device import (
     seed_everything,
     use_threads,
 )
-from pipeline.training.distributed import Processes
 from pipeline.training.fit import FitResult, TaskData, fit
 from pipeline.training.losses import LossFn
-from pipeline.training.tracking import training_log
 
 log = logging.getLogger(__name__)
 SHARD_COLUMNS = ["source_id", "is_original", "text_a", "text_b", "label", "logits"]
@@ -82,27 +82,13 @@ def build_task_data(
     )  # fmt: skip
 
 
-def read_shards(task: Task, shard_dir: Path, part: Processes | None = None) -> pa.Table:
-    """The columns students need from the logit shards (this process's part of them in a data-parallel run),
-    verified against the score manifest."""
-    part = part or Processes(0, 1, torch.device("cpu"))
-    files, rows = shard_part(shard_files(shard_dir), part)
-    if part.distributed:
-        log.info("process %d of %d reads %s (rows %s)", part.index, part.count, ", ".join(files), rows)
-    table = take(load_shards(shard_dir, columns=SHARD_COLUMNS, files=files), rows)
+def read_shards(task: Task, shard_dir: Path) -> pa.Table:
+    """The columns students need from all the logit shards, verified against the score manifest."""
+    table = load_shards(shard_dir, columns=SHARD_COLUMNS)
     width = table.schema.field("logits").type.list_size
     if width != task.num_outputs:
         raise ShardError(f"{shard_dir}: logits have {width} values per row, task {task.name} needs {task.num_outputs}")
     return table
-
-
-def check_distributable(encoder: StudentEncoder, part: Processes) -> None:
-    """Refuse a data-parallel run whose vocabulary was built from this process's rows (it would differ per process)."""
-    if part.distributed and isinstance(encoder, WordEncoder):
-        raise ValueError(
-            "data-parallel student training needs WordPiece embeddings (embeddings: wordpiece): a word "
-            "vocabulary built from each process's rows would differ between processes"
-        )
 
 
 def training_summary(model: StudentModel, result: FitResult, train_rows: dict[str, int]) -> dict[str, Any]:
@@ -119,18 +105,25 @@ def training_summary(model: StudentModel, result: FitResult, train_rows: dict[st
 
 def _train_single_task(
     task: Task, params: Params, hp: TrainParams, train: pa.Table, targets: dict[str, torch.Tensor], loss_fn: LossFn,
-    prepared_dir: Path, teacher_dir: Path, out_dir: Path, log_dir: Path, desc: str, part: Processes,
+    prepared_dir: Path, teacher_dir: Path, out_dir: Path, log_dir: Path, desc: str, plan: CheckpointPlan,
 ) -> dict[str, Any]:  # fmt: skip
-    """Build Tang et al.'s BiLSTM for one task, fit it, save it (main process); return the training summary."""
-    seed_everything(params.seed)
-    use_threads(params.threads)
-    model, encoder = get_architecture("bilstm").build(params, [task], teacher_dir, all_texts(task, train), params.seed)
-    check_distributable(encoder, part)
-    model.to(part.device)
-    data = {task.name: build_task_data(task, encoder, train, targets, loss_fn, prepared_dir)}
-    with training_log(log_dir, enabled=part.is_main) as tracker:
-        result = fit(model, data, hp, params.seed, tracker, desc=f"{desc} {task.name}", part=part)
-    summary = training_summary(model, result, {task.name: train.num_rows})
-    if part.is_main:
-        save_student(model, encoder, out_dir, summary)
+    """Build Tang et al.'s BiLSTM for one task, fit it (checkpoints per ``plan``), save it (main process) and delete
+    the checkpoints; return the training summary."""
+    with accelerated(hp.mixed_precision, several_tasks=False) as accelerator:
+        seed_everything(params.seed)
+        use_threads(params.threads)
+        model, encoder = get_architecture("bilstm").build(
+            params, [task], teacher_dir, all_texts(task, train), params.seed
+        )
+        data = {task.name: build_task_data(task, encoder, train, targets, loss_fn, prepared_dir)}
+        checkpoints = plan.open(accelerator)
+        result = fit(
+            model, data, hp, params.seed, accelerator, log_dir, desc=f"{desc} {task.name}", checkpoints=checkpoints
+        )
+        summary = training_summary(model, result, {task.name: train.num_rows})
+        if accelerator.is_main_process:
+            save_student(model, encoder, out_dir, summary)
+        if checkpoints is not None:
+            checkpoints.remove(accelerator)
+        accelerator.wait_for_everyone()
     return summary

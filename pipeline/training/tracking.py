@@ -1,10 +1,11 @@
 """Experiment tracking with DVCLive: per-epoch training curves and a summary, under stable per-run folders.
 
-Each training run logs into its own folder (e.g. ``dvclive/teacher/sst2``): ``metrics.json`` holds the summary
-(the last logged values plus anything added with ``summary``) and ``plots/metrics/<name>.tsv`` one curve per
+Each training run logs into its own folder (e.g. ``dvclive/teacher/sst2``): ``metrics.json`` holds the headline
+(the kept model's primary dev metric per task, ``headline``) and ``plots/metrics/<name>.tsv`` one curve per
 metric, which ``dvc.yaml`` declares as metrics and plots. DVCLive runs with ``save_dvc_exp=False`` and no
 ``dvc.yaml`` of its own: the pipeline's stages are the experiment, so ``dvc exp run`` / ``dvc exp show`` see it.
-Only the main process of a distributed run logs.
+Only the main process of a distributed run logs. A run resumed from a checkpoint continues the log the checkpoint
+restored, at the next step, so no epoch is logged twice.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ import contextlib
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 from dvclive import Live
 
 
 class TrainingLog:
-    """Logs one value per metric per epoch (``log_epoch``) and extra summary values (``summary``)."""
+    """Logs one value per metric per epoch (``log_epoch``) and the run's headline summary (``headline``)."""
 
     def __init__(self, live: Live | None) -> None:
         self._live = live
@@ -32,21 +32,30 @@ class TrainingLog:
             self._live.log_metric(name, float(value))
         self._live.next_step()
 
-    def summary(self, values: Mapping[str, Any]) -> None:
-        """Add values to ``metrics.json`` that are not per-epoch curves (best epoch, final dev metrics...)."""
+    def headline(self, dev: Mapping[str, float], **counts: int) -> None:
+        """Make ``metrics.json`` (a declared DVC metric) the run's headline only: the primary dev metric per task of
+        the model the run keeps, ``dev.<task>``, plus ``counts`` (e.g. ``best_epoch``); DVCLive adds ``step``. The
+        per-epoch values stay in the curves (``plots/metrics``)."""
         if self._live is not None:
-            self._live.summary.update(values)
+            step = self._live.summary.get("step")  # end() reads the last step back from the summary
+            self._live.summary.clear()
+            self._live.summary.update({"dev": dict(dev), **counts, **({"step": step} if step is not None else {})})
 
 
 @contextlib.contextmanager
-def training_log(directory: Path | str, enabled: bool = True) -> Iterator[TrainingLog]:
-    """A fresh DVCLive log in ``directory`` (previous contents removed); a no-op log when not ``enabled``."""
+def training_log(directory: Path | str, enabled: bool = True, resume_step: int = 0) -> Iterator[TrainingLog]:
+    """A fresh DVCLive log in ``directory`` (previous contents removed), or with ``resume_step`` > 0 the log found
+    there continued at that step (the number of epochs it holds); a no-op log when not ``enabled``."""
     if not enabled:
         yield TrainingLog(None)
         return
     directory = Path(directory)
-    shutil.rmtree(directory, ignore_errors=True)
-    live = Live(str(directory), save_dvc_exp=False, dvcyaml=None)
+    if resume_step:
+        live = Live(str(directory), save_dvc_exp=False, dvcyaml=None, resume=True)
+        live.step = resume_step  # DVCLive's own resume counts one step too few after a single epoch
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
+        live = Live(str(directory), save_dvc_exp=False, dvcyaml=None)
     try:
         yield TrainingLog(live)
     finally:
