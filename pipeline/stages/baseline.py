@@ -13,7 +13,7 @@ from pipeline.data.tasks import Task
 from pipeline.params import Params
 from pipeline.training.checkpoint import CheckpointPlan, stage_checkpoint_dir
 from pipeline.training.losses import supervised_loss_fn
-from pipeline.training.student_data import _train_single_task, labels_and_mask
+from pipeline.training.student_data import labels_and_mask, train_single_task
 
 
 def train_baseline(
@@ -35,7 +35,7 @@ def train_baseline(
         {"seed": params.seed, "threads": params.threads, "baseline": params.baseline, "bilstm": params.bilstm},
         [train_path, paths.prepared_split(task.name, task.dev_splits[0], prepared_dir), teacher_dir],
     )
-    return _train_single_task(
+    return train_single_task(
         task, params, params.baseline, table, targets, supervised_loss_fn(task),
         prepared_dir, teacher_dir, out_dir, log_dir, "baseline", plan,
     )  # fmt: skip

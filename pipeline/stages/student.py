@@ -11,7 +11,7 @@ from pipeline.data.tasks import Task
 from pipeline.params import Params
 from pipeline.training.checkpoint import CheckpointPlan, stage_checkpoint_dir
 from pipeline.training.losses import distillation_loss_fn
-from pipeline.training.student_data import _train_single_task, distillation_targets, read_shards
+from pipeline.training.student_data import distillation_targets, read_shards, train_single_task
 
 
 def train_student(
@@ -30,7 +30,7 @@ def train_student(
         {"seed": params.seed, "threads": params.threads, "student": params.student, "bilstm": params.bilstm},
         [shard_dir, paths.prepared_split(task.name, task.dev_splits[0], prepared_dir), teacher_dir],
     )
-    return _train_single_task(
+    return train_single_task(
         task, params, params.student, table, distillation_targets(task, table),
         distillation_loss_fn(task, params.student.alpha), prepared_dir, teacher_dir, out_dir, log_dir, "student", plan,
     )  # fmt: skip

@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator
-from typing import Literal
 
 import numpy as np
 import torch
 
 from pipeline.errors import ParamsError
+from pipeline.params import ComputePrecision
 
-Precision = Literal["fp32", "bf16", "fp16"]
 CPU_BF16_FEATURES = ("avx512_bf16", "amx_bf16")  # torch.cpu.get_capabilities() keys of native bf16 arithmetic
 
 
@@ -36,7 +35,7 @@ def cpu_has_native_bf16() -> bool:
     return any(capabilities.get(feature) is True for feature in CPU_BF16_FEATURES)
 
 
-def training_precision(device: torch.device, mixed_precision: str) -> Precision:
+def training_precision(device: torch.device, mixed_precision: str) -> ComputePrecision:
     """The precision every training stage trains in for its ``mixed_precision`` (``teacher.``, ``student.``,
     ``baseline.``, ``mkd.training.<architecture>.mixed_precision``), given to Accelerate.
 

@@ -57,7 +57,7 @@ OptimizerStep = list[TaskBatch]  # consecutive global batches whose gradients ad
 
 
 @dataclass(frozen=True)
-class TaskData:
+class TokenizedTask:
     """One task's tokenised training split (row ``i`` = row ``i`` of its train Parquet) and its dev split."""
 
     task: Task
@@ -71,12 +71,14 @@ class TaskData:
         return torch.as_tensor(self.labels[rows], dtype=dtype, device=device)
 
 
-def load_task_data(task: Task, tokenizer: PreTrainedTokenizerBase, prepared_dir: Path, max_length: int) -> TaskData:
+def load_task_data(
+    task: Task, tokenizer: PreTrainedTokenizerBase, prepared_dir: Path, max_length: int
+) -> TokenizedTask:
     """Tokenise the task's prepared train split; keep its first dev split (MNLI: dev_matched) for evaluation."""
     train = pq.read_table(paths.prepared_split(task.name, "train", prepared_dir))
     dev = pq.read_table(paths.prepared_split(task.name, task.dev_splits[0], prepared_dir))
     encoded = tokenize(tokenizer, *table_texts(task, train), max_length)
-    return TaskData(task, encoded, train.column("label").to_numpy(), dev)
+    return TokenizedTask(task, encoded, train.column("label").to_numpy(), dev)
 
 
 class SharedEncoderTeacher(nn.Module):
@@ -153,7 +155,7 @@ class FineTuning:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     tokenizer: PreTrainedTokenizerBase
-    data: Mapping[str, TaskData]
+    data: Mapping[str, TokenizedTask]
     trace: RowTrace
 
     def train_step(self, step: OptimizerStep, epoch: int, loss_totals: dict[str, torch.Tensor]) -> None:
@@ -237,7 +239,10 @@ class FineTuning:
 
 
 def evaluate_dev(
-    teacher: SharedEncoderTeacher, tokenizer: PreTrainedTokenizerBase, data: Mapping[str, TaskData], hp: TeacherParams
+    teacher: SharedEncoderTeacher,
+    tokenizer: PreTrainedTokenizerBase,
+    data: Mapping[str, TokenizedTask],
+    hp: TeacherParams,
 ) -> dict[str, dict[str, float]]:
     """Each task's metrics on its dev split: fp32 on CPU, ``teacher.mixed_precision`` inference on a GPU.
 

@@ -1,7 +1,7 @@
 """What the student stages train on, and the single-task training run they share.
 
 Logit shards (``read_shards``) or labelled splits become ``fit``'s ``TaskData``: encoded inputs, per-row targets and a
-loss. ``_train_single_task`` builds Tang et al.'s BiLSTM for one task and fits it on the Accelerate stack (one process,
+loss. ``train_single_task`` builds Tang et al.'s BiLSTM for one task and fits it on the Accelerate stack (one process,
 or DDP under a launcher: every process reads all rows and trains on its share of each batch), checkpointing every
 epoch; the main process saves the student and logs, and the checkpoints go once the student is saved.
 """
@@ -103,7 +103,7 @@ def training_summary(model: StudentModel, result: FitResult, train_rows: dict[st
     }
 
 
-def _train_single_task(
+def train_single_task(
     task: Task, params: Params, hp: TrainParams, train: pa.Table, targets: dict[str, torch.Tensor], loss_fn: LossFn,
     prepared_dir: Path, teacher_dir: Path, out_dir: Path, log_dir: Path, desc: str, plan: CheckpointPlan,
 ) -> dict[str, Any]:  # fmt: skip
