@@ -3,7 +3,7 @@
 The texts and gold labels come straight from the GLUE TSV files (parsed here by header name, not by
 ``pipeline.data.glue``), the teachers run through plain ``transformers`` (AutoTokenizer +
 AutoModelForSequenceClassification), the students through ``load_student`` + ``predict``, and the metrics through
-sklearn/scipy. A report whose numbers match these to 1e-6 scored the right models on the right rows against their
+sklearn/scipy. A report whose numbers match these to 1e-4 scored the right models on the right rows against their
 own labels: a label shifted by one row, another split, or another model's outputs would not match.
 """
 
@@ -24,7 +24,9 @@ GLUE_COLUMNS = {
     "qqp": ("QQP", "dev", "question1", "question2", "is_duplicate"),
     "stsb": ("STS-B", "dev", "sentence1", "sentence2", "score"),
 }
-TOLERANCE = 1e-6
+# Padding differs between the two paths (float noise of ~1e-7 in the logits), and an untrained tiny regressor's
+# near-constant outputs magnify that in a correlation (2.7e-5 seen); one row of 16 moves a metric by far more.
+TOLERANCE = 1e-4
 MKD_ARCHITECTURES = ("biattentive", "transformer", "bilstm")
 
 
