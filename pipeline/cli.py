@@ -17,10 +17,10 @@ from typing import Annotated, Any
 import typer
 
 from pipeline import paths
-from pipeline.data.tasks import Task, get_task  # the task registry: no third-party import (params imports it too)
+from pipeline.data.tasks import TASKS, Task, get_task, resolve_task  # no third-party import (params imports it)
 from pipeline.errors import (
+    DataFormatError,
     ExportError,
-    GlueFormatError,
     InputError,
     ParamsError,
     ShardError,
@@ -36,7 +36,7 @@ bench_app = typer.Typer(help="Throughput benchmarks.", no_args_is_help=True)
 app.add_typer(shards_app, name="shards")
 app.add_typer(bench_app, name="bench")
 
-TaskOption = Annotated[str, typer.Option("--task", "-t", help="GLUE task short name, e.g. sst2")]
+TaskOption = Annotated[str, typer.Option("--task", "-t", help="task name: a GLUE task (e.g. sst2) or one in task_defs")]
 ParamsOption = Annotated[Path, typer.Option("--params", help="params file")]
 ShardDirOption = Annotated[
     Path | None, typer.Option("--dir", help="shard folder (default: data/logits/<teacher>/<task>)")
@@ -45,7 +45,7 @@ TeacherOption = Annotated[
     paths.TeacherKind,
     typer.Option("--teacher", help="single: the task's own teacher; multitask: the multi-task teacher's head"),
 ]
-USER_ERRORS = (ParamsError, GlueFormatError, ShardError, UnknownTaskError, FileNotFoundError, TaggerUnavailableError)
+USER_ERRORS = (ParamsError, DataFormatError, ShardError, UnknownTaskError, FileNotFoundError, TaggerUnavailableError)
 
 
 @app.callback()
@@ -63,28 +63,36 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+def _task(task_name: str, params_path: Path = DEFAULT_PARAMS_PATH) -> Task:
+    """A built-in task, or one declared in the params file's ``task_defs`` (the file is read only then)."""
+    if task_name.lower() in TASKS:
+        return get_task(task_name)
+    return resolve_task(task_name, load_params(params_path))
+
+
 @contextlib.contextmanager
 def _stage(task_name: str, params_path: Path) -> Iterator[tuple[Task, Params]]:
     """Resolve task and params, with user errors reported as by ``_user_errors``."""
     with _user_errors():
-        yield get_task(task_name), load_params(params_path)
+        hp = load_params(params_path)
+        yield resolve_task(task_name, hp), hp
 
 
 @contextlib.contextmanager
 def _shard_folder(task_name: str, shard_dir: Path | None, teacher: paths.TeacherKind) -> Iterator[tuple[Task, Path]]:
     """Resolve task and shard folder (default: the score stage's output for ``teacher``), with user errors reported."""
     with _user_errors():
-        task = get_task(task_name)
+        task = _task(task_name)
         yield task, shard_dir or paths.shard_dir(task.name, teacher)
 
 
 @app.command()
 def prepare(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
-    """Validate the GLUE TSV files of a task and write normalised Parquet splits."""
+    """Validate a task's files (GLUE TSV, or your own CSV/TSV/JSONL/Parquet) and write normalised Parquet splits."""
     from pipeline.stages.prepare import run_prepare
 
-    with _stage(task, params) as (spec, hp):
-        run_prepare(spec, hp)
+    with _user_errors():
+        run_prepare(task, load_params(params))
 
 
 @app.command()
@@ -104,7 +112,7 @@ def mt_teacher(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
 
     with _user_errors():
         hp = load_params(params)
-        tasks = [get_task(name) for name in hp.tasks]
+        tasks = [resolve_task(name, hp) for name in hp.tasks]
         out_dirs = {task.name: paths.mt_teacher_dir(task.name) for task in tasks}
         fine_tune(tasks, hp, paths.PREPARED_DIR, out_dirs, paths.training_log_dir("mt_teacher"), hp.mt_teacher)
 
@@ -115,7 +123,7 @@ def augment(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> Non
     from pipeline.stages.augment import run_augment
 
     with _stage(task, params) as (spec, hp):
-        run_augment(spec, hp, paths.prepared_split(spec.name, "train"), paths.transfer_set(spec.name))
+        run_augment(spec, hp, paths.PREPARED_DIR, paths.transfer_set(spec.name))
 
 
 @app.command()
@@ -185,18 +193,21 @@ def mkd(
 def evaluate(
     task: TaskOption,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
-    data: Annotated[Path | None, typer.Option(help="score this GLUE-format TSV instead of the dev split(s)")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="score this file in the task's format (GLUE TSV, or your task's columns) instead"),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="JSON report path (default for dev: metrics/report/<task>.json)")
     ] = None,
 ) -> None:
-    """Compare teacher, KD student and baseline: task metrics, parameters, CPU throughput."""
+    """Compare teacher, KD student and baseline on dev (and test, if the task has one): metrics, size, CPU speed."""
     from pipeline.data.io import write_json, write_text
-    from pipeline.data.prepared import dev_splits
+    from pipeline.data.prepared import eval_splits
     from pipeline.stages.evaluate import evaluate_splits, file_split, headline, markdown_table
 
     with _stage(task, params) as (spec, hp):
-        splits = file_split(spec, data) if data else dev_splits(spec)
+        splits = file_split(spec, data) if data else eval_splits(spec)
         report = evaluate_splits(spec, hp, splits, all_models=data is not None)
         table = markdown_table(report)
         if data is None:
@@ -216,8 +227,9 @@ def compare(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
     from pipeline.stages.compare import markdown_report, metrics_headline, metrics_summary
 
     with _user_errors():
-        summary = run_compare(load_params(params))
-        table = markdown_report(summary)
+        hp = load_params(params)
+        summary = run_compare(hp)
+        table = markdown_report(summary, [resolve_task(name, hp) for name in hp.tasks])
         write_json(summary["reports"], paths.COMPARISON_REPORTS)
         write_json(metrics_summary(summary), paths.COMPARISON_SUMMARY)
         write_json(metrics_headline(summary), paths.COMPARISON_METRICS)
@@ -266,7 +278,7 @@ def export_mkd(
 
     with _user_errors():
         hp = load_params(params)
-        tasks = [get_task(name) for name in hp.tasks]
+        tasks = [resolve_task(name, hp) for name in hp.tasks]
         try:
             export_mkd_students(
                 tasks, hp.export, paths.mkd_dir(student), paths.mkd_export_dir(student),
@@ -299,7 +311,9 @@ def predict(
     truncate: Annotated[
         bool, typer.Option(help="cut over-long inputs to the model's length instead of failing")
     ] = False,
-    params: Annotated[Path, typer.Option(help="params file (read for the teacher only)")] = DEFAULT_PARAMS_PATH,
+    params: Annotated[
+        Path, typer.Option(help="params file (read for the teacher and for a task of task_defs only)")
+    ] = DEFAULT_PARAMS_PATH,
 ) -> None:
     """Label and class probabilities (STS-B: score) per input line, as JSON lines; any invalid line fails the run."""
     from pipeline.data.io import write_text
@@ -307,7 +321,7 @@ def predict(
     from pipeline.serving.predict import run_predict
 
     with _user_errors():
-        spec = get_task(task)
+        spec = _task(task, params)
         source = "<stdin>" if str(input_path) == "-" else str(input_path)
         data = sys.stdin.buffer.read() if source == "<stdin>" else input_path.read_bytes()
         try:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 
-class GlueFormatError(ValueError):
-    """A GLUE TSV file is missing or malformed; the message names the file and line."""
+class DataFormatError(ValueError):
+    """A task's data file is missing or malformed; the message names the file, the row and the column."""
 
 
 class ExportError(RuntimeError):

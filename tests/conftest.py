@@ -89,6 +89,7 @@ def tiny_params(glue_dir: Path, teacher_checkpoint: Path, **sections: dict) -> d
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["tasks"] = ["sst2"]
     params["data"]["glue_dir"] = str(glue_dir)
+    params["data"]["files_dir"] = str(glue_dir)  # prepare depends on it: it must exist
     params["teacher"].update(
         checkpoint=str(teacher_checkpoint), epochs=2, batch_size=16, learning_rate=1e-3, max_length=32
     )

@@ -346,18 +346,18 @@ def test_nltk_tagger_without_its_data_says_how_to_get_it(monkeypatch) -> None:
 
 
 def test_run_augment_writes_the_table(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    prepared_path = tmp_path / "prepared" / "train.parquet"
-    prepared_path.parent.mkdir()
+    prepared_path = tmp_path / "prepared" / "sst2" / "train.parquet"
+    prepared_path.parent.mkdir(parents=True)
     source = prepared(SST2, SENTENCES)
     pq.write_table(source, prepared_path)
     out_path = tmp_path / "augmented" / "sst2.parquet"
     params = Params(seed=3, augment=AugmentParams(n_iter_single=4))
     with caplog.at_level(logging.INFO, logger="pipeline.stages.augment"):
-        table = run_augment(SST2, params, prepared_path, out_path)
+        table = run_augment(SST2, params, tmp_path / "prepared", out_path)
     assert pq.read_table(out_path).equals(table)
     assert list(out_path.parent.iterdir()) == [out_path]  # no temporary file left behind
     assert table.equals(build_transfer_set(source, SST2, params.augment, seed=3))
     n_synthetic = table.num_rows - len(SENTENCES)
     message = caplog.records[-1].getMessage()
-    assert f"{len(SENTENCES)} originals, {n_synthetic} synthetic rows" in message
+    assert f"{len(SENTENCES)} originals, 0 unlabelled rows, {n_synthetic} synthetic rows" in message
     assert f"{len(SENTENCES) * 4 - n_synthetic} duplicates dropped" in message

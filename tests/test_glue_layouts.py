@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections import Counter
 
 import pyarrow as pa
@@ -12,7 +13,7 @@ import pytest
 from pipeline.data.glue import read_glue_tsv
 from pipeline.data.schema import MASK_TOKEN, prepared_schema
 from pipeline.data.tasks import TASKS, Task, get_task
-from pipeline.errors import GlueFormatError
+from pipeline.errors import DataFormatError
 from pipeline.params import GLUE_DIR_ENV, AugmentParams, Params
 from pipeline.stages.augment import build_transfer_set, load_tagger, tag_sentences
 from pipeline.stages.prepare import run_prepare
@@ -69,9 +70,11 @@ def glue_env(tmp_path, monkeypatch):
 def test_prepare_reads_real_layout(name, glue_env, tmp_path):
     task = get_task(name)
     written = write_task(glue_env, name, n_train=40, n_dev=16)
-    counts = run_prepare(task, Params(), tmp_path / "prepared")
-    assert counts == {split: len(rows) for split, rows in written.items()}
-    assert set(counts) == set(task.splits)
+    counts = run_prepare(task.name, Params(), tmp_path / "prepared")
+    assert counts == {**{split: len(rows) for split, rows in written.items()}, "unlabelled": 0}
+    assert set(counts) == {*task.splits, "unlabelled"}
+    record = json.loads((tmp_path / "prepared" / name / "task.json").read_text())
+    assert Task.from_dict(record["task"]) == task  # the built-in definition, recorded for every later stage
 
     tables = {split: pq.read_table(tmp_path / "prepared" / name / f"{split}.parquet") for split in task.splits}
     for split, table in tables.items():
@@ -118,10 +121,10 @@ def test_missing_second_text_column_names_file_and_column(name, glue_env):
     path = split_path(glue_env, name, "train")
     second = task.text_columns[1]
     drop_column(path, second)
-    with pytest.raises(GlueFormatError, match=rf"^{path}:1: missing column {second!r} for task {name}; header has"):
+    with pytest.raises(DataFormatError, match=rf"^{path}:1: missing column {second!r} for task {name}; header has"):
         read_glue_tsv(task, path)
-    with pytest.raises(GlueFormatError, match=rf"^{path}:1: missing column {second!r}"):
-        run_prepare(task, Params(), glue_env.parent / "prepared")
+    with pytest.raises(DataFormatError, match=rf"^{path}:1: missing column {second!r}"):
+        run_prepare(task.name, Params(), glue_env.parent / "prepared")
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -132,7 +135,7 @@ def test_row_with_too_few_fields_names_file_and_line(name, glue_env):
     line = data_line_no(name, 5)
     edit_line(path, line, lambda fields: fields[:1])
     with pytest.raises(
-        GlueFormatError, match=rf"^{path}:{line}: expected at least \d+ tab-separated fields for task {name}, found 1$"
+        DataFormatError, match=rf"^{path}:{line}: expected at least \d+ tab-separated fields for task {name}, found 1$"
     ):
         read_glue_tsv(task, path)
 
@@ -144,7 +147,7 @@ def test_qqp_question_broken_by_a_newline_names_file_and_line(glue_env):
     line = data_line_no("qqp", 3)
     edit_line(path, line, lambda f: [*f[:4], "Why is the film\nso dull?", f[5]])
     with pytest.raises(
-        GlueFormatError, match=rf"^{path}:{line}: expected at least 6 tab-separated fields for task qqp, found 5$"
+        DataFormatError, match=rf"^{path}:{line}: expected at least 6 tab-separated fields for task qqp, found 5$"
     ):
         read_glue_tsv(get_task("qqp"), path)
 
@@ -156,9 +159,9 @@ def test_mnli_label_outside_the_set_names_file_and_line(split, glue_env, tmp_pat
     line = data_line_no("mnli", 4)
     edit_line(path, line, lambda fields: [*fields[:-1], "-"])
     with pytest.raises(
-        GlueFormatError, match=rf"^{path}:{line}: label '-' is not one of \['contradiction', 'entailment', 'neutral'\]"
+        DataFormatError, match=rf"^{path}:{line}: label '-' is not one of \['contradiction', 'entailment', 'neutral'\]"
     ):
-        run_prepare(get_task("mnli"), Params(), tmp_path / "prepared")
+        run_prepare("mnli", Params(), tmp_path / "prepared")
 
 
 # --- pair augmentation on prepared pair tables -------------------------------------------------------------------
@@ -191,7 +194,7 @@ def _is_masked_copy(nlp, new: str, original: str) -> bool:
 def test_pair_augmentation_keeps_pairs_together(name, pair_mode, glue_env, tmp_path, nlp):
     task = get_task(name)
     write_task(glue_env, name, n_train=30)
-    run_prepare(task, Params(), tmp_path / "prepared")
+    run_prepare(task.name, Params(), tmp_path / "prepared")
     prepared = pq.read_table(tmp_path / "prepared" / name / "train.parquet")
     n_iter = 6
     params = AugmentParams(n_iter_pair=n_iter, p_mask=0.4, p_pos=0.0, p_ng=0.0, pair_mode=pair_mode)
@@ -226,7 +229,7 @@ def test_paper_pair_mode_cycles_first_second_both(glue_env, tmp_path, nlp):
     """Masking every token makes each attempt visible: every original gets exactly one variant of each kind."""
     task = get_task("qqp")
     write_task(glue_env, "qqp", n_train=30)
-    run_prepare(task, Params(), tmp_path / "prepared")
+    run_prepare(task.name, Params(), tmp_path / "prepared")
     prepared = pq.read_table(tmp_path / "prepared" / "qqp" / "train.parquet")
     params = AugmentParams(n_iter_pair=3, p_mask=1.0, p_pos=0.0, p_ng=0.0, pair_mode="paper")
     transfer = build_transfer_set(prepared, task, params, seed=0, tagger=_tagger(nlp, params)).to_pylist()

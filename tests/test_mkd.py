@@ -37,7 +37,7 @@ def transfer_rows(task_name: str, n_originals: int, seed: int) -> list[dict]:
             label, logits = int(positive), [-2.0, 2.0] if positive else [2.0, -2.0]
         for synthetic in (False, True):
             rows.append({
-                "id": len(rows), "source_id": source_id, "is_original": not synthetic,
+                "id": len(rows), "source_id": source_id, "is_original": not synthetic, "is_unlabelled": False,
                 "text_a": f"[MASK] {text_a}" if synthetic else text_a, "text_b": text_b,
                 "label": None if synthetic else label, "ops": ["mask"] if synthetic else [], "logits": logits,
             })  # fmt: skip

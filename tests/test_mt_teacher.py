@@ -36,6 +36,7 @@ def transfer_from_prepared(task, prepared: Path) -> pa.Table:
     n = train.num_rows
     columns = {
         "id": np.arange(n), "source_id": train.column("id"), "is_original": np.ones(n, dtype=bool),
+        "is_unlabelled": np.zeros(n, dtype=bool),
         "text_a": train.column("text_a"), "text_b": train.column("text_b"), "label": train.column("label"),
         "ops": [[] for _ in range(n)],
     }  # fmt: skip
@@ -55,7 +56,7 @@ def trained(tmp_path_factory, tiny_bert_dir):
         "score": params.score.model_copy(update={"batch_size": 16, "shard_rows": 25, "max_length": 32}),
     })  # fmt: skip
     for task in TASKS:
-        run_prepare(task, params, root / "prepared")
+        run_prepare(task.name, params, root / "prepared")
     out_dirs = {task.name: paths.mt_teacher_dir(task.name, root / "mt_teacher") for task in TASKS}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(TRACE_ROWS_ENV, str(root / "trace"))

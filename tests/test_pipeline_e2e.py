@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -96,8 +98,8 @@ def test_repro_runs_every_stage_and_reports_metrics(project):
     report = json.loads((project / "metrics" / "report" / "sst2.json").read_text())
     headline = json.loads((project / "metrics" / "sst2.json").read_text())  # the declared DVC metric
     dev_quality = report["quality"]["dev"]
-    assert {model: headline[model] for model in ("teacher", "student", "baseline")} == {
-        model: dev_quality[model]["accuracy"] for model in ("teacher", "student", "baseline")
+    assert {model: headline[model] for model in ("teacher", "student", "baseline", "tfidf")} == {
+        model: dev_quality[model]["accuracy"] for model in ("teacher", "student", "baseline", "tfidf")
     }
     assert headline["kd_gain"] == dev_quality["student"]["accuracy"] - dev_quality["baseline"]["accuracy"]
     # one speed-up per timed batch size (tiny_params times batch sizes 1 and 8)
@@ -204,7 +206,7 @@ def test_evaluate_accepts_any_glue_tsv(project, tmp_path):
     )
     report = json.loads((tmp_path / "held.json").read_text())
     assert set(report["quality"]) == {"held_out_sst2"}  # the split is named after the file
-    single_task = {"teacher", "student", "baseline", "student-onnx", "student-int8", "student-table"}
+    single_task = {"teacher", "student", "baseline", "tfidf", "student-onnx", "student-int8", "student-table"}
     # The MKD models trained by the same repro: the joint student, the fine-tuned one and its exported variants.
     mkd = {
         f"mkd_{arch}{suffix}"
@@ -263,11 +265,22 @@ def test_bad_glue_file_fails_cleanly(project, tmp_path):
 
 
 def test_dvc_exp_run_set_param(project):
-    """The README's way to try a setting: `dvc exp run -S key=value` on a committed workspace."""
+    """The README's way to try a setting: `dvc exp run -S augment.p_mask=0.2` on a committed workspace, then
+    `dvc exp show --only-changed`: the changed param and the headline metrics, nothing else."""
     dvc("repro", cwd=project)
     run(["git", "add", "-A"], project)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "baseline run"], project)
-    result = dvc("exp", "run", "-S", "student.epochs=1", cwd=project)
-    assert stages_run(result) == {"student@sst2", "export@sst2", "evaluate@sst2", "compare"}
-    shown = dvc("exp", "show", "--no-pager", "--csv", cwd=project).stdout
-    assert "student.epochs" in shown
+    result = dvc("exp", "run", "-S", "augment.p_mask=0.2", cwd=project)
+    ran = stages_run(result)
+    assert {"augment@sst2", "score@sst2", "student@sst2", "export@sst2", "evaluate@sst2"} <= ran
+    assert not ran & {"prepare@sst2", "teacher@sst2", "baseline@sst2"}  # they do not read augment
+    # README's command (the fixture's GLUE folder shows up as a tmp/... dependency column, dropped too)
+    drop = r"(\.\./|data/|models/|pipeline/|tmp/).*"
+    shown = dvc("exp", "show", "--no-pager", "--only-changed", "--drop", drop, "--csv", cwd=project).stdout
+    header, *rows = list(csv.reader(io.StringIO(shown)))
+    assert "augment.p_mask" in header and "student.epochs" not in header
+    assert {row[header.index("augment.p_mask")] for row in rows} >= {"0.1", "0.2"}
+    columns = [c for c in header if c not in ("Experiment", "rev", "typ", "Created")]
+    assert 2 <= len(columns) <= 10, columns  # the param and headline metrics, no dependency hashes
+    headline = ("student", "kd_gain", "mkd_", "metrics/", "dvclive/")  # metrics/...: DVC's prefix on a shared name
+    assert all(c == "augment.p_mask" or c.startswith(headline) for c in columns), columns

@@ -131,13 +131,14 @@ def test_repro_runs_every_stage_of_every_task(project):
             assert config["tasks"] == [task]
     comparison = json.loads((project / "metrics" / "comparison_summary.json").read_text())
     headline = json.loads((project / "metrics" / "comparison.json").read_text())
-    delivered = {"teacher", "mt_teacher", "student", "baseline", *(f"mkd_{s}" for s in MKD_STUDENTS)}
+    delivered = {"teacher", "mt_teacher", "student", "baseline", "tfidf", *(f"mkd_{s}" for s in MKD_STUDENTS)}
     assert headline == {model: comparison["average"][model] / 100 for model in delivered}
     models = {
         "teacher",
         "mt_teacher",
         "student",
         "baseline",
+        "tfidf",
         *(f"mkd_{s}{j}" for s in MKD_STUDENTS for j in ("", "_joint")),
     }
     exported = {f"mkd_{s}-{variant}" for s in MKD_STUDENTS for variant in ("onnx", "int8")} | {"student-onnx"}

@@ -5,7 +5,7 @@ import pytest
 from pipeline.data.glue import read_glue_tsv
 from pipeline.data.schema import prepared_schema
 from pipeline.data.tasks import get_task
-from pipeline.errors import GlueFormatError
+from pipeline.errors import DataFormatError
 from pipeline.params import load_params
 from pipeline.stages.prepare import run_prepare, subsample
 from tests.conftest import REPO_ROOT
@@ -38,7 +38,7 @@ def test_reads_sst2_layout(tmp_path):
 def test_bad_rows_name_file_and_line(tmp_path, content, message):
     path = tmp_path / "train.tsv"
     path.write_bytes(content)
-    with pytest.raises(GlueFormatError, match=message):
+    with pytest.raises(DataFormatError, match=message):
         read_glue_tsv(SST2, path)
 
 
@@ -46,8 +46,8 @@ def test_run_prepare_writes_every_split_and_subsamples(glue_dir, tmp_path, monke
     monkeypatch.setenv("DISTILLERY_GLUE_DIR", str(glue_dir))
     params = load_params(REPO_ROOT / "params.yaml")
     params = params.model_copy(update={"data": params.data.model_copy(update={"max_train_examples": 25})})
-    counts = run_prepare(SST2, params, tmp_path / "prepared")
-    assert counts == {"train": 25, "dev": 40}
+    counts = run_prepare("sst2", params, tmp_path / "prepared")
+    assert counts == {"train": 25, "dev": 40, "unlabelled": 0}
     train = pq.read_table(tmp_path / "prepared" / "sst2" / "train.parquet")
     ids = train.column("id").to_pylist()
     assert ids == sorted(ids) and len(set(ids)) == 25 and max(ids) < 80
@@ -55,8 +55,8 @@ def test_run_prepare_writes_every_split_and_subsamples(glue_dir, tmp_path, monke
 
 def test_missing_data_dir_is_reported(tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILLERY_GLUE_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(GlueFormatError, match=r"nowhere/SST-2: GLUE data folder for task sst2 not found"):
-        run_prepare(SST2, load_params(REPO_ROOT / "params.yaml"), tmp_path / "prepared")
+    with pytest.raises(DataFormatError, match=r"nowhere/SST-2: GLUE data folder for task sst2 not found"):
+        run_prepare("sst2", load_params(REPO_ROOT / "params.yaml"), tmp_path / "prepared")
     assert not (tmp_path / "prepared").exists()
 
 
@@ -76,5 +76,5 @@ def test_skip_bad_rows_leaves_them_out_and_logs(tmp_path, caplog):
         {"id": 1, "text_a": "also fine", "text_b": None, "label": 0},
     ]
     assert "skipped 3 bad rows" in caplog.text and "train.tsv:3: expected at least 2" in caplog.text
-    with pytest.raises(GlueFormatError, match="train.tsv:3"):
+    with pytest.raises(DataFormatError, match="train.tsv:3"):
         read_glue_tsv(SST2, path)

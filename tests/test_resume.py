@@ -122,7 +122,7 @@ def test_killed_teacher_resumes_to_the_same_model(tmp_path: Path, tiny_bert_dir:
         params = tiny_params(glue, tiny_bert_dir, teacher={"epochs": 5, "batch_size": 8, "mixed_precision": "fp32"})
         params["threads"] = 1
         (project / "params.yaml").write_text(yaml.safe_dump(params))
-        run_prepare(get_task("sst2"), load_params(project / "params.yaml"), project / paths.PREPARED_DIR)
+        run_prepare("sst2", load_params(project / "params.yaml"), project / paths.PREPARED_DIR)
         return project
 
     stage = Stage(("teacher", "--task", "sst2"), paths.checkpoint_dir("teacher", "sst2"),

@@ -48,6 +48,7 @@ def transfer_table(task, n: int) -> pa.Table:
             "id": np.arange(n),
             "source_id": np.arange(n) // 3,
             "is_original": np.arange(n) % 3 == 0,
+            "is_unlabelled": np.zeros(n, dtype=bool),
             "text_a": text,
             "text_b": text[::-1] if task.is_pair else [None] * n,
             "label": [i % 2 if i % 3 == 0 else None for i in range(n)],

@@ -109,7 +109,7 @@ def write_sst2_shards(shard_dir: Path, n_original: int = 100) -> None:
     rows = []
     for row in sentiment_rows(n_original, seed=1):
         logits = [-2.0, 2.0] if row["label"] else [2.0, -2.0]
-        base = {"source_id": row["id"], "text_b": None, "logits": logits}
+        base = {"source_id": row["id"], "text_b": None, "logits": logits, "is_unlabelled": False}
         original = {"id": 2 * row["id"], "is_original": True, "text_a": row["text_a"], "label": row["label"], "ops": []}
         masked = {"id": 2 * row["id"] + 1, "is_original": False, "text_a": "[MASK] " + row["text_a"], "ops": ["mask"]}
         rows += [{**base, **original}, {**base, **masked, "label": None}]
@@ -480,6 +480,9 @@ def test_fp16_grad_scaler_steps_the_dense_and_the_sparse_optimizer_then_updates_
     assert accelerator.scaler.get_scale() == 2.0**9
 
 
+@pytest.mark.skipif(
+    not device.cpu_has_native_bf16(), reason="oneDNN has no bf16 LSTM kernel on a CPU without AVX512-BF16/AMX"
+)
 def test_train_student_in_bf16_learns_and_keeps_fp32_weights(teacher_dir: Path, tmp_path: Path) -> None:
     """bf16 autocast (what ``auto`` picks on a CPU with native bf16) trains other weights than fp32, as well, and
     saves fp32 weights."""
@@ -520,7 +523,7 @@ def test_train_student_regression_pairs(teacher_dir: Path, tmp_path: Path) -> No
         score = float(rng.uniform(0, 5))
         original = i % 2 == 0
         rows.append({
-            "id": i, "source_id": i, "is_original": original, "text_a": a, "text_b": b,
+            "id": i, "source_id": i, "is_original": original, "is_unlabelled": False, "text_a": a, "text_b": b,
             "label": score if original else None, "ops": [], "logits": [score],
         })  # fmt: skip
     shards, prepared = tmp_path / "logits", tmp_path / "prepared"

@@ -97,7 +97,7 @@ def write_shards_in_three_files(shard_dir: Path) -> None:
         logits = [-2.0, 2.0] if row["label"] else [2.0, -2.0]
         synthetic = row["id"] % 3 == 2
         rows.append({
-            "id": row["id"], "source_id": row["id"] // 2, "is_original": not synthetic,
+            "id": row["id"], "source_id": row["id"] // 2, "is_original": not synthetic, "is_unlabelled": False,
             "text_a": f"[MASK] {row['text_a']}" if synthetic else row["text_a"], "text_b": None,
             "label": None if synthetic else row["label"], "ops": ["mask"] if synthetic else [], "logits": logits,
         })  # fmt: skip

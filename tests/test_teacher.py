@@ -52,7 +52,7 @@ def teacher_params(checkpoint: Path, **teacher):
 @pytest.fixture()
 def prepared_sst2(glue_dir, tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("DISTILLERY_GLUE_DIR", str(glue_dir))
-    run_prepare(SST2, load_params(REPO_ROOT / "params.yaml"), tmp_path / "prepared")
+    run_prepare("sst2", load_params(REPO_ROOT / "params.yaml"), tmp_path / "prepared")
     return tmp_path / "prepared"
 
 

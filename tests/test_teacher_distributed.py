@@ -59,7 +59,7 @@ def make_project(root: Path, checkpoint: Path, tasks: list[str]) -> Path:
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     loaded = load_params(project / "params.yaml")
     for name in tasks:
-        run_prepare(get_task(name), loaded, project / paths.PREPARED_DIR)
+        run_prepare(name, loaded, project / paths.PREPARED_DIR)
     return project
 
 

@@ -83,6 +83,7 @@ def _as_transfer_rows(task: Task, table: pa.Table) -> pa.Table:
         "id": table.column("id"),
         "source_id": table.column("id"),
         "is_original": pa.array([True] * table.num_rows),
+        "is_unlabelled": pa.array([False] * table.num_rows),
         "text_a": table.column("text_a"),
         "text_b": table.column("text_b"),
         "label": table.column("label"),

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from pipeline.data.schema import prepared_schema
 from pipeline.data.tasks import Column, Task
-from pipeline.errors import GlueFormatError
+from pipeline.errors import DataFormatError
 from pipeline.params import GLUE_DIR_ENV
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def _resolve_column(task: Task, column: Column, header: list[str] | None, path: 
     try:
         return header.index(column)
     except ValueError:
-        raise GlueFormatError(
+        raise DataFormatError(
             f"{path}:1: missing column {column!r} for task {task.name}; header has {header}"
         ) from None
 
@@ -36,11 +36,11 @@ def _parse_label(task: Task, raw: str, path: Path, line_no: int) -> int | float:
         try:
             return float(raw)
         except ValueError:
-            raise GlueFormatError(f"{path}:{line_no}: score {raw!r} is not a number") from None
+            raise DataFormatError(f"{path}:{line_no}: score {raw!r} is not a number") from None
     try:
         return task.labels.index(raw)
     except ValueError:
-        raise GlueFormatError(
+        raise DataFormatError(
             f"{path}:{line_no}: label {raw!r} is not one of {list(task.labels)} for task {task.name}"
         ) from None
 
@@ -53,7 +53,7 @@ def read_glue_tsv(task: Task, path: Path | str, skip_bad_rows: bool = False) -> 
     """
     path = Path(path)
     if not path.is_file():
-        raise GlueFormatError(
+        raise DataFormatError(
             f"{path}: file not found (set data.glue_dir in params.yaml or the {GLUE_DIR_ENV} environment variable)"
         )
     lines = path.read_bytes().split(b"\n")
@@ -73,14 +73,14 @@ def read_glue_tsv(task: Task, path: Path | str, skip_bad_rows: bool = False) -> 
             continue
         try:
             rows.append(_parse_row(task, raw_line, text_indices, label_index, path, line_no))
-        except GlueFormatError as exc:
+        except DataFormatError as exc:
             if not skip_bad_rows:
                 raise
             skipped.append(str(exc))
     if skipped:
         log.warning("%s: skipped %d bad rows (data.skip_bad_rows), first: %s", path, len(skipped), skipped[:3])
     if not rows:
-        raise GlueFormatError(f"{path}: no data rows")
+        raise DataFormatError(f"{path}: no data rows")
 
     schema = prepared_schema(task)
     texts = list(zip(*(row_texts for row_texts, _ in rows)))
@@ -98,11 +98,11 @@ def read_glue_tsv(task: Task, path: Path | str, skip_bad_rows: bool = False) -> 
 def _parse_row(
     task: Task, raw_line: bytes, text_indices: list[int], label_index: int, path: Path, line_no: int
 ) -> tuple[list[str], int | float]:
-    """Texts and label of one data line; GlueFormatError naming file and line if it is malformed."""
+    """Texts and label of one data line; DataFormatError naming file and line if it is malformed."""
     fields = _decode(raw_line, path, line_no).rstrip("\r").split("\t")
     needed = max([*text_indices, label_index]) + 1
     if len(fields) < needed:
-        raise GlueFormatError(
+        raise DataFormatError(
             f"{path}:{line_no}: expected at least {needed} tab-separated fields for task {task.name}, "
             f"found {len(fields)}"
         )
@@ -110,7 +110,7 @@ def _parse_row(
     for index, column in zip(text_indices, task.text_columns):
         text = fields[index].strip()
         if not text:
-            raise GlueFormatError(f"{path}:{line_no}: empty text in column {column!r}")
+            raise DataFormatError(f"{path}:{line_no}: empty text in column {column!r}")
         texts.append(text)
     return texts, _parse_label(task, fields[label_index], path, line_no)
 
@@ -119,6 +119,6 @@ def _decode(raw: bytes, path: Path, line_no: int) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise GlueFormatError(
+        raise DataFormatError(
             f"{path}:{line_no}: not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
         ) from None

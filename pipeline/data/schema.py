@@ -29,13 +29,27 @@ def prepared_schema(task: Task) -> pa.Schema:
     )
 
 
+def unlabelled_schema() -> pa.Schema:
+    """In-domain text without labels (``text_b`` null for single-sentence tasks)."""
+    return pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("text_a", pa.string(), nullable=False),
+            pa.field("text_b", pa.string()),
+        ]
+    )
+
+
 def transfer_schema(task: Task) -> pa.Schema:
-    """Transfer set: originals (``is_original``, labelled) followed by their synthetic variants (label null)."""
+    """Transfer set: originals (``is_original``, labelled) each followed by its synthetic variants (label null), then
+    the unlabelled in-domain rows (``is_unlabelled``, label null; ``source_id`` their id in ``unlabelled``), each
+    followed by its variants when augmented."""
     return pa.schema(
         [
             pa.field("id", pa.int64(), nullable=False),
             pa.field("source_id", pa.int64(), nullable=False),
             pa.field("is_original", pa.bool_(), nullable=False),
+            pa.field("is_unlabelled", pa.bool_(), nullable=False),
             pa.field("text_a", pa.string(), nullable=False),
             pa.field("text_b", pa.string()),
             pa.field("label", label_type(task)),

@@ -4,6 +4,8 @@ Names, for a task:
 
 * ``teacher``: the fine-tuned single-task teacher; ``mt_teacher``: the multi-task teacher's model of the task;
 * ``student``, ``baseline``: Tang et al.'s KD student and the same BiLSTM trained without KD (PyTorch);
+* ``tfidf``: TF-IDF + logistic regression (Ridge for regression), fitted on the task's prepared train split when
+  loaded (``pipeline.serving.tfidf``, scikit-learn);
 * ``student-<variant>``: the student's exported variants (``student-onnx``, ``student-int8``, ``student-table``),
   run by onnxruntime through ``pipeline.serving.deploy``;
 * ``mkd_<architecture>``: the MKD student the task uses, its fine-tuned folder if there is one, else the jointly
@@ -12,12 +14,14 @@ Names, for a task:
 
 ``model_source`` resolves a name to its folder and a loader; a loaded model gives logits of raw texts, untruncated
 token counts checked against its ``max_length``, and its parameter counts and size. torch (and transformers) are
-imported only when a PyTorch model is loaded, so an exported model runs with onnxruntime and tokenizers alone.
+imported only when a PyTorch model is loaded (scikit-learn only when ``tfidf`` is), so an exported model runs with
+onnxruntime and tokenizers alone.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +42,7 @@ Predictor = Callable[[Sequence[str], Sequence[str] | None, int], np.ndarray]  # 
 TokenCounter = Callable[[Sequence[str], Sequence[str] | None], np.ndarray]  # (text_a, text_b) -> tokens per row
 TEACHERS = ("teacher", "mt_teacher")
 PYTORCH_STUDENTS = ("student", "baseline")
+TFIDF = "tfidf"
 EXPORTED_PREFIX = "student-"  # exported variants of the Tang student: student-onnx, student-int8, ...
 MKD_PREFIX = "mkd_"
 JOINT_SUFFIX = "_joint"  # mkd_<architecture>_joint: the jointly distilled MKD student, without per-task fine-tuning
@@ -126,6 +131,28 @@ def student_source(name: str, model_dir: Path, task: Task, missing: str | None =
     return ModelSource(name, model_dir, load)
 
 
+def tfidf_source(task: Task, params: Params | Path) -> ModelSource:
+    """The TF-IDF model of ``task``, fitted on its prepared train split (``tfidf`` params, ``seed``) the first time
+    it is loaded, whatever the device (it runs on the CPU); tokens counted as words, never cut."""
+    train = paths.prepared_split(task.name, "train")
+
+    @functools.cache
+    def fit() -> LoadedModel:
+        import pyarrow.parquet as pq
+
+        from pipeline.serving.tfidf import fit_tfidf
+
+        if not train.is_file():
+            raise FileNotFoundError(
+                f"{train}: no prepared train split (run: python -m pipeline prepare --task {task.name})"
+            )
+        hp = params if isinstance(params, Params) else load_params(params)
+        model = fit_tfidf(task, pq.read_table(train), hp.tfidf, hp.seed)
+        return LoadedModel(TFIDF, model.logits, model.token_counts, NO_LIMIT, model.parameters)
+
+    return ModelSource(TFIDF, train, lambda device: fit())
+
+
 def exported_source(name: str, folder: Path, variant: str, threads: int | None) -> ModelSource:
     """One variant of an exported student folder, run by onnxruntime with ``threads`` intra-op threads (None: its
     default) on the CPU whatever the device."""
@@ -151,7 +178,7 @@ def mkd_architectures() -> list[str]:
 def model_choices(task: Task) -> list[str]:
     """Names ``model_source`` resolves for ``task`` here: the student's exported variants on disk, the PyTorch
     models, and every MKD student on disk with its exported variants."""
-    names = [*exported_names(paths.export_dir(task.name), EXPORTED_PREFIX), *PYTORCH_STUDENTS, *TEACHERS]
+    names = [*exported_names(paths.export_dir(task.name), EXPORTED_PREFIX), *PYTORCH_STUDENTS, *TEACHERS, TFIDF]
     for architecture in mkd_architectures():
         prefix = MKD_PREFIX + architecture
         names += [prefix, prefix + JOINT_SUFFIX]
@@ -173,15 +200,18 @@ def model_source(
 ) -> ModelSource:
     """The model called ``name`` (see the module docstring) for ``task``.
 
-    ``params`` (or the params file, read only then) sets the teacher's max length and precision; ``threads`` the
-    onnxruntime threads of exported variants. An exported variant raises FileNotFoundError if its folder is missing
-    and UnknownModelError if it has no such variant; a missing PyTorch model fails when loaded."""
+    ``params`` (or the params file, read only then) sets the teacher's max length and precision and the TF-IDF
+    model's settings; ``threads`` the onnxruntime threads of exported variants. An exported variant raises
+    FileNotFoundError if its folder is missing and UnknownModelError if it has no such variant; a missing PyTorch
+    model (or the TF-IDF model's missing train split) fails when loaded."""
     if name in TEACHERS:
         model_dir = paths.teacher_dir(task.name) if name == "teacher" else paths.mt_teacher_dir(task.name)
         return teacher_source(name, model_dir, params)
     if name in PYTORCH_STUDENTS:
         model_dir = paths.student_dir(task.name) if name == "student" else paths.baseline_dir(task.name)
         return student_source(name, model_dir, task)
+    if name == TFIDF:
+        return tfidf_source(task, params)
     if name.startswith(EXPORTED_PREFIX):
         hint = f"no exported student (run: python -m pipeline export --task {task.name})"
         return _exported(name, task, paths.export_dir(task.name), EXPORTED_PREFIX, threads, hint)
@@ -207,8 +237,9 @@ def load_model(
 
 
 def single_task_models(task: Task, params: Params) -> dict[str, ModelSource]:
-    """The single-task teacher, Tang et al.'s KD student, the no-KD baseline and the student's exported variants."""
-    names = ["teacher", *PYTORCH_STUDENTS, *exported_names(paths.export_dir(task.name), EXPORTED_PREFIX)]
+    """The single-task teacher, Tang et al.'s KD student, the no-KD baseline, the TF-IDF model and the student's
+    exported variants."""
+    names = ["teacher", *PYTORCH_STUDENTS, TFIDF, *exported_names(paths.export_dir(task.name), EXPORTED_PREFIX)]
     return {name: model_source(name, task, params, params.evaluate.threads) for name in names}
 
 

@@ -19,6 +19,7 @@ import spacy
 from spacy.language import Language
 from tqdm import tqdm
 
+from pipeline import paths
 from pipeline.data.io import write_parquet
 from pipeline.data.schema import MASK_TOKEN, OP_MASK, OP_NGRAM, OP_POS, transfer_schema
 from pipeline.data.tasks import Task
@@ -169,68 +170,107 @@ def _sides_to_augment(index: int, params: AugmentParams, rng: np.random.Generato
     return first, not first
 
 
+def _variant(
+    text: str | None, augment: bool, tagged: dict[str, Tagged], params: AugmentParams, rng: np.random.Generator,
+    vocab: TagVocab,
+) -> tuple[str | None, set[str]]:  # fmt: skip
+    """One side of a synthetic example: ``text`` augmented, or unchanged (no ops) when not ``augment``."""
+    return augment_sentence(text, tagged[text], params, rng, vocab) if augment else (text, set())
+
+
 def n_iter_for(task: Task, params: AugmentParams) -> int:
     """Synthetic attempts per original: n_iter_pair for sentence pairs, n_iter_single otherwise."""
     return params.n_iter_pair if task.is_pair else params.n_iter_single
 
 
 def build_transfer_set(
-    prepared_train: pa.Table, task: Task, params: AugmentParams, seed: int, tagger: Tagger | None = None
+    prepared_train: pa.Table,
+    task: Task,
+    params: AugmentParams,
+    seed: int,
+    tagger: Tagger | None = None,
+    unlabelled: pa.Table | None = None,
 ) -> pa.Table:
-    """Originals (in input order), each followed by its deduplicated synthetic variants, as ``transfer_schema``."""
+    """Originals (in input order), each followed by its deduplicated synthetic variants, then the ``unlabelled``
+    rows (with variants of their own when ``params.augment_unlabelled``), as ``transfer_schema``."""
     tagger = tagger or make_tagger(params)
-    ids = prepared_train.column("id").to_pylist()
-    texts_a = prepared_train.column("text_a").to_pylist()
-    texts_b = prepared_train.column("text_b").to_pylist()
-    labels = prepared_train.column("label").to_pylist()
-
-    occurrences = Counter(text for text in texts_a + texts_b if text is not None)
+    sources = [(prepared_train, True)]
+    if unlabelled is not None and unlabelled.num_rows:
+        sources.append((unlabelled, False))
+    augmented = [(table, is_labelled) for table, is_labelled in sources if is_labelled or params.augment_unlabelled]
+    texts = [
+        text
+        for table, _ in augmented
+        for column in ("text_a", "text_b")
+        for text in table.column(column).to_pylist()
+        if text is not None
+    ]
+    occurrences = Counter(texts)
     unique = list(occurrences)
     tagged = dict(zip(unique, tagger(unique)))
-    # The unigram distribution counts every occurrence in the training set, not each distinct sentence once.
+    # The unigram distribution counts every occurrence in the text augmented, not each distinct sentence once.
     vocab = TagVocab.from_sentences(tagged.values(), occurrences.values())
 
     rng = np.random.default_rng(seed)
     n_iter = n_iter_for(task, params)
-    seen = set(zip(texts_a, texts_b))
+    seen = {
+        pair
+        for table, _ in sources
+        for pair in zip(table.column("text_a").to_pylist(), table.column("text_b").to_pylist())
+    }
     # Columns in schema order (id is added at the end); add() appends one row.
     columns: dict[str, list] = {name: [] for name in transfer_schema(task).names if name != "id"}
 
-    def add(source_id: int, is_original: bool, text_a: str, text_b: str | None, label: object, ops: set[str]) -> None:
-        for name, value in zip(columns, (source_id, is_original, text_a, text_b, label, sorted(ops))):
+    def add(source_id: int, kind: str, text_a: str, text_b: str | None, label: object, ops: set[str]) -> None:
+        values = (source_id, kind == "original", kind == "unlabelled", text_a, text_b, label, sorted(ops))
+        for name, value in zip(columns, values):
             columns[name].append(value)
 
-    for source_id, text_a, text_b, label in tqdm(
-        zip(ids, texts_a, texts_b, labels), total=len(ids), desc=f"augment {task.name}", disable=None
-    ):
-        add(source_id, True, text_a, text_b, label, set())
-        for index in range(n_iter):
-            first, second = _sides_to_augment(index, params, rng) if text_b is not None else (True, False)
-            new_a, ops_a = augment_sentence(text_a, tagged[text_a], params, rng, vocab) if first else (text_a, set())
-            new_b, ops_b = augment_sentence(text_b, tagged[text_b], params, rng, vocab) if second else (text_b, set())
-            if (new_a, new_b) in seen:
+    for table, is_labelled in sources:
+        rows = zip(
+            table.column("id").to_pylist(),
+            table.column("text_a").to_pylist(),
+            table.column("text_b").to_pylist(),
+            table.column("label").to_pylist() if is_labelled else [None] * table.num_rows,
+        )
+        desc = f"augment {task.name}" + ("" if is_labelled else " (unlabelled)")
+        for source_id, text_a, text_b, label in tqdm(rows, total=table.num_rows, desc=desc, disable=None):
+            add(source_id, "original" if is_labelled else "unlabelled", text_a, text_b, label, set())
+            if not (is_labelled or params.augment_unlabelled):
                 continue
-            seen.add((new_a, new_b))
-            add(source_id, False, new_a, new_b, None, ops_a | ops_b)
+            for index in range(n_iter):
+                first, second = _sides_to_augment(index, params, rng) if text_b is not None else (True, False)
+                new_a, ops_a = _variant(text_a, first, tagged, params, rng, vocab)
+                new_b, ops_b = _variant(text_b, second, tagged, params, rng, vocab)
+                if (new_a, new_b) in seen:
+                    continue
+                seen.add((new_a, new_b))
+                add(source_id, "synthetic" if is_labelled else "unlabelled", new_a, new_b, None, ops_a | ops_b)
 
     n_rows = len(columns["source_id"])
     return pa.table({"id": list(range(n_rows)), **columns}, schema=transfer_schema(task))
 
 
-def run_augment(task: Task, params: Params, prepared_path: Path, out_path: Path) -> pa.Table:
-    """Stage entry point: read the prepared train split, build the transfer set, write it atomically."""
-    prepared = pq.read_table(prepared_path)
-    table = build_transfer_set(prepared, task, params.augment, params.seed)
+def run_augment(task: Task, params: Params, prepared_dir: Path, out_path: Path) -> pa.Table:
+    """Stage entry point: read the prepared train split (and unlabelled text), build the transfer set, write it
+    atomically."""
+    prepared = pq.read_table(paths.prepared_split(task.name, "train", prepared_dir))
+    unlabelled_path = paths.prepared_split(task.name, "unlabelled", prepared_dir)
+    unlabelled = pq.read_table(unlabelled_path) if unlabelled_path.is_file() else None
+    table = build_transfer_set(prepared, task, params.augment, params.seed, unlabelled=unlabelled)
     write_parquet(table, out_path)
     n_originals = prepared.num_rows
-    n_synthetic = table.num_rows - n_originals
-    n_dropped = n_originals * n_iter_for(task, params.augment) - n_synthetic
+    n_unlabelled = 0 if unlabelled is None else unlabelled.num_rows
+    n_synthetic = table.num_rows - n_originals - n_unlabelled
+    augmented = n_originals + (n_unlabelled if params.augment.augment_unlabelled else 0)
+    attempts = augmented * n_iter_for(task, params.augment)
     log.info(
-        "%s: %d originals, %d synthetic rows, %d duplicates dropped -> %s",
+        "%s: %d originals, %d unlabelled rows, %d synthetic rows, %d duplicates dropped -> %s",
         task.name,
         n_originals,
+        n_unlabelled,
         n_synthetic,
-        n_dropped,
+        attempts - n_synthetic,
         out_path,
     )
     return table

@@ -1,6 +1,6 @@
 """Compare stage: every model of every task in one run — single-task and multi-task teachers, Tang et al.'s KD
-students, no-KD baselines and the MKD students — with each task's metrics, the GLUE-style average (mean over tasks
-of each task's mean metric), parameter counts and CPU throughput."""
+students, no-KD baselines, the TF-IDF models and the MKD students — with each task's metrics, the GLUE-style average
+(mean over tasks of each task's mean metric), parameter counts and CPU throughput."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import statistics
 from typing import Any
 
 from pipeline.data.prepared import dev_splits
-from pipeline.data.tasks import Task, get_task
+from pipeline.data.tasks import Task, resolve_task
 from pipeline.params import Params
 from pipeline.serving.catalogue import JOINT_SUFFIX, MKD_PREFIX, multi_task_models, single_task_models
 from pipeline.stages.evaluate import evaluate_models
@@ -20,6 +20,7 @@ DISPLAY_NAMES = {
     "mt_teacher": "teacher (multi-task)",
     "student": "Tang BiLSTM student (KD)",
     "baseline": "BiLSTM, no KD",
+    "tfidf": "TF-IDF + linear model",
 }
 
 
@@ -44,7 +45,7 @@ def task_score(report: dict[str, Any], model: str) -> float:
 
 def compare(params: Params) -> dict[str, Any]:
     """Evaluate every model on every task's dev split(s); summarise scores, averages, sizes and speed ratios."""
-    tasks = [get_task(name) for name in params.tasks]
+    tasks = [resolve_task(name, params) for name in params.tasks]
     reports = {
         task.name: evaluate_models(
             task, params, {**single_task_models(task, params), **multi_task_models(task, params)}, dev_splits(task)
@@ -83,7 +84,7 @@ def metrics_summary(summary: dict[str, Any]) -> dict[str, Any]:
 
 def metrics_headline(summary: dict[str, Any]) -> dict[str, Any]:
     """What ``dvc metrics`` shows of the comparison: the average over tasks (a fraction, as the task metrics) of
-    each PyTorch model the pipeline delivers (teachers, Tang student, baseline, each MKD student as kept per task),
+    each model the pipeline delivers (teachers, Tang student, baseline, TF-IDF, each MKD student as kept per task),
     named as in ``metrics/<task>.json`` so the columns are shared; the rest is in the summary."""
     kept = [model for model in summary["models"] if "-" not in model and not model.endswith(JOINT_SUFFIX)]
     return {model: summary["average"][model] / 100 for model in kept}
@@ -94,9 +95,9 @@ def _metric_header(task: Task) -> str:
     return f"{task.name} {'/'.join(task.metrics)}" + (f" ({splits})" if splits else "")
 
 
-def markdown_report(summary: dict[str, Any]) -> str:
-    """Two Markdown tables: dev quality per task with the average, and size and CPU speed."""
-    tasks = [get_task(name) for name in summary["tasks"]]
+def markdown_report(summary: dict[str, Any], tasks: list[Task]) -> str:
+    """Two Markdown tables: dev quality per task (``tasks``, as in the summary) with the average, and size and CPU
+    speed."""
     reports = summary["reports"]
     header = ["model", *[_metric_header(task) for task in tasks], "average", "vs Tang students", "vs teachers"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -17,13 +17,15 @@ from typing import Any
 import pyarrow as pa
 import torch
 
+from pipeline.data.files import read_labelled_file
 from pipeline.data.glue import read_glue_tsv
-from pipeline.data.metrics import compute_metrics
+from pipeline.data.metrics import class_report, compute_metrics
 from pipeline.data.schema import table_texts
 from pipeline.data.tasks import Task
 from pipeline.params import Params
 from pipeline.serving.catalogue import (
     EXPORTED_PREFIX,
+    TFIDF,
     ModelSource,
     Predictor,
     existing,
@@ -64,18 +66,21 @@ def measure_throughput(
 def evaluate_models(
     task: Task, params: Params, models: dict[str, ModelSource], splits: dict[str, pa.Table]
 ) -> dict[str, Any]:
-    """Metrics of every model on every split, parameter counts, and CPU throughput (timed on the first split)."""
+    """Metrics of every model on every split (and, for a classification task, each model's per-class scores and most
+    confused class pairs), parameter counts, and CPU throughput (timed on the first split)."""
     device = pick_device()
     loaded = {name: source.load(device) for name, source in models.items()}
     batch_size = params.teacher.eval_batch_size
     quality: dict[str, dict[str, dict[str, float]]] = {}
+    classes: dict[str, dict[str, dict[str, Any]]] = {}
     for split, table in splits.items():
         text_a, text_b = table_texts(task, table)
         labels = table.column("label").to_numpy()
-        quality[split] = {
-            name: compute_metrics(task, model.logits(text_a, text_b, batch_size), labels)
-            for name, model in loaded.items()
-        }
+        outputs = {name: model.logits(text_a, text_b, batch_size) for name, model in loaded.items()}
+        quality[split] = {name: compute_metrics(task, logits, labels) for name, logits in outputs.items()}
+        if not task.is_regression:
+            top = params.evaluate.top_confusions
+            classes[split] = {name: class_report(task, logits, labels, top) for name, logits in outputs.items()}
 
     speed_table = next(iter(splits.values())).slice(0, params.evaluate.speed_examples)
     speed_a, speed_b = table_texts(task, speed_table)
@@ -96,6 +101,7 @@ def evaluate_models(
         "task": task.name,
         "models": list(models),
         "quality": quality,
+        **({"classes": classes} if classes else {}),
         "parameters": {name: model.parameters for name, model in loaded.items()},
         "cpu_sentences_per_second": speed,
         "cpu_threads": params.evaluate.threads,
@@ -140,11 +146,12 @@ def evaluate_splits(
 
 
 def headline(task: Task, report: dict[str, Any]) -> dict[str, Any]:
-    """The numbers ``dvc metrics`` shows for a task (``metrics/<task>.json``): teacher, KD student and baseline on
-    the task's primary metric (first dev split), the KD gain (student - baseline) and, per timed batch size, how many
-    times faster than the teacher the fastest deployable student variant is. The full report is a plain output."""
+    """The numbers ``dvc metrics`` shows for a task (``metrics/<task>.json``): teacher, KD student, baseline and the
+    TF-IDF model on the task's primary metric (first dev split), the KD gain (student - baseline) and, per timed
+    batch size, how many times faster than the teacher the fastest deployable student variant is. The full report is
+    a plain output."""
     quality = next(iter(report["quality"].values()))
-    primary = {model: quality[model][task.primary_metric] for model in ("teacher", "student", "baseline")}
+    primary = {model: quality[model][task.primary_metric] for model in ("teacher", "student", "baseline", TFIDF)}
     speedup = {
         key: report["ratios"][f"{best}_vs_teacher"][f"speed_{key}"] for key, best in report["fastest_student"].items()
     }
@@ -181,9 +188,17 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"({student['parameters_without_embeddings']:.1f}x without embedding tables, the paper's count). "
         f"CPU speed over the teacher, {speeds}.",
     ]
+    if "classes" in report:
+        split = splits[0]
+        pairs = report["classes"][split]["student"]["confused_pairs"]
+        confusions = ", ".join(f"{pair['gold']} -> {pair['predicted']} ({pair['count']})" for pair in pairs)
+        lines += ["", f"Student's most confused classes on {split} (gold -> predicted): {confusions or 'none'}."]
     return "\n".join(lines) + "\n"
 
 
 def file_split(task: Task, data_path: Path) -> dict[str, pa.Table]:
-    """A user-supplied GLUE-format TSV of ``task`` as a single named split."""
-    return {data_path.stem: read_glue_tsv(task, data_path)}
+    """A user-supplied file in the task's format (GLUE TSV for a GLUE task; CSV/TSV/JSONL/Parquet with the task's
+    columns for a task of your own) as a single split named after the file."""
+    if task.glue_dir_name is not None:
+        return {data_path.stem: read_glue_tsv(task, data_path)}
+    return {data_path.stem: read_labelled_file(task, data_path, skip_bad_rows=False)}

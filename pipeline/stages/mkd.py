@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from pipeline import paths
 from pipeline.data.io import atomic_dir
 from pipeline.data.subsets import filter_originals, kept_originals
-from pipeline.data.tasks import Task, get_task
+from pipeline.data.tasks import Task, resolve_task
 from pipeline.params import MKDStudentTraining, Params
 from pipeline.serving.teacher import resolve_checkpoint
 from pipeline.students.architectures import get_architecture, save_student
@@ -65,7 +65,7 @@ def run_mkd(
     ``out_dir`` is the workspace's ``models/mkd/<architecture>``, else none).
     """
     train_params = getattr(params.mkd.training, architecture)
-    tasks = [get_task(name) for name in params.tasks]
+    tasks = [resolve_task(name, params) for name in params.tasks]
     shard_dirs = {task.name: paths.shard_dir(task.name, params.mkd.teacher, logits_root) for task in tasks}
     init_dir = (
         paths.mt_teacher_dir(tasks[0].name, mt_teacher_root) if params.mkd.init_from == "mt_teacher"

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from pipeline.data.io import atomic_dir
-from pipeline.data.tasks import get_task
+from pipeline.data.tasks import Task, get_task
 from pipeline.students.base import StudentModel
 from pipeline.students.biattentive import BiattentiveStudent
 from pipeline.students.bilstm import BiLSTMStudent
@@ -38,6 +38,7 @@ def save_student(model: StudentModel, encoder: StudentEncoder, out_dir: Path, tr
     config = {
         "architecture": model.architecture,
         "tasks": list(model.tasks),
+        "task_specs": {name: task.to_dict() for name, task in model.tasks.items()},  # labels etc.: no params needed
         "model": model.config(),
         "training": training,
     }
@@ -56,7 +57,8 @@ def load_student(model_dir: Path, device: torch.device | None = None) -> tuple[S
     """Rebuild a saved student (eval mode, on ``device`` or the default device) and its encoder."""
     model_dir = Path(model_dir)
     config = read_student_config(model_dir)
-    tasks = [get_task(name) for name in config["tasks"]]
+    specs = config.get("task_specs", {})
+    tasks = [Task.from_dict(specs[name]) if name in specs else get_task(name) for name in config["tasks"]]
     model = get_architecture(config["architecture"]).from_config(config["model"], tasks)
     model.load_state_dict(torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True))
     return model.to(device or pick_device()).eval(), StudentEncoder.load(model_dir / ENCODER_DIR)
