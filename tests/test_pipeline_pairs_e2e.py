@@ -20,7 +20,7 @@ from tests.test_pipeline_e2e import dvc, stages_run, stale_stages, up_to_date
 pytestmark = pytest.mark.e2e  # dvc repro of every stage on several tasks in a tmp project
 
 STAGES = ("prepare", "teacher", "augment", "score", "mt_score", "student", "baseline", "export", "evaluate")
-MODELS = ("teacher", "student", "baseline", "student-onnx", "student-int8", "student-table")
+MODELS = ("teacher", "student", "baseline", "tfidf", "student-onnx", "student-int8", "student-table")
 FIRST_TASKS = ["sst2", "qqp", "stsb"]
 MKD_STUDENTS = ("biattentive", "transformer", "bilstm")
 MULTI_TASK_STAGES = {
