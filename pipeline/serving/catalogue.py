@@ -71,6 +71,11 @@ class ModelSource:
     load: Callable[[torch.device | None], LoadedModel]
 
 
+def resolved_params(params: Params | Path) -> Params:
+    """``params`` itself, or the params file it names, read (only when a model is loaded)."""
+    return params if isinstance(params, Params) else load_params(params)
+
+
 def teacher_source(name: str, model_dir: Path, params: Params | Path) -> ModelSource:
     """A fine-tuned Hugging Face teacher folder, run with ``teacher.max_length`` and ``score.precision`` (a params
     file is read only when the teacher is loaded); tokens counted with its special tokens, ``[CLS] a [SEP] b [SEP]``.
@@ -79,7 +84,7 @@ def teacher_source(name: str, model_dir: Path, params: Params | Path) -> ModelSo
     def load(device: torch.device | None) -> LoadedModel:
         from pipeline.serving.teacher import load_teacher, predict_logits
 
-        hp = params if isinstance(params, Params) else load_params(params)
+        hp = resolved_params(params)
         model, tokenizer = load_teacher(model_dir, device)
         total = sum(p.numel() for p in model.parameters())
         embeddings = sum(p.numel() for name, p in model.named_parameters() if ".embeddings." in f".{name}")
@@ -146,7 +151,7 @@ def tfidf_source(task: Task, params: Params | Path) -> ModelSource:
             raise FileNotFoundError(
                 f"{train}: no prepared train split (run: python -m pipeline prepare --task {task.name})"
             )
-        hp = params if isinstance(params, Params) else load_params(params)
+        hp = resolved_params(params)
         model = fit_tfidf(task, pq.read_table(train), hp.tfidf, hp.seed)
         return LoadedModel(TFIDF, model.logits, model.token_counts, NO_LIMIT, model.parameters)
 
