@@ -290,6 +290,15 @@ def export_mkd(
 
 
 @app.command()
+def preset(name: Annotated[str, typer.Argument(help="preset name, e.g. paper")]) -> None:
+    """Print a named preset's params as dvc exp run options: dvc exp run $(python -m pipeline preset paper)."""
+    from pipeline.params import preset_options
+
+    with _user_errors():
+        typer.echo(shlex.join(preset_options(name)))
+
+
+@app.command()
 def predict(
     task: TaskOption,
     input_path: Annotated[

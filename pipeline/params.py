@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 from pathlib import Path
 from typing import Literal, get_args
@@ -200,12 +202,18 @@ class TrainParams(_Section):
     weight_decay: float = Field(default=0.0, ge=0)
     schedule: Literal["constant", "linear"] = "constant"  # linear: warm-up over warmup_ratio of the steps, then decay
     warmup_ratio: float = Field(default=0.0, ge=0, le=1)
+    min_steps: int = Field(default=0, ge=0)  # at least this many optimiser steps: more epochs for small data
     patience: int = Field(default=2, ge=1)
     mixed_precision: Literal["auto", "fp32", "bf16"] = "fp32"  # bf16: autocast; auto: bf16 where native, else fp32
 
     def batch_size_for(self, task: Task) -> int:
         """Training batch size: ``batch_size_pair`` for sentence-pair tasks, ``batch_size`` otherwise (paper)."""
         return self.batch_size_pair if task.is_pair else self.batch_size
+
+    def max_epochs(self, steps_per_epoch: int) -> int:
+        """Epochs to train at most: ``epochs``, or as many as ``min_steps`` optimiser steps need if that is more
+        (early stopping with ``patience`` can end training sooner either way)."""
+        return max(self.epochs, -(-self.min_steps // max(steps_per_epoch, 1)))
 
 
 class StudentParams(TrainParams):
@@ -314,6 +322,44 @@ class Params(_Section):
                     f"unknown task {name!r}: not declared in task_defs, and not built in ({', '.join(sorted(TASKS))})"
                 )
         return self
+
+
+# Named settings that differ from the defaults, as dotted params keys. `python -m pipeline preset NAME` prints them as
+# `dvc exp run` options: `dvc exp run $(python -m pipeline preset paper)`.
+PRESETS: dict[str, dict[str, object]] = {
+    # Tang et al.'s KD student on sentence pairs: batch 256 (the paper's MNLI/QQP batch), 10 synthetic pairs per
+    # original, 3 epochs and no step budget (this project's defaults before issue 19)
+    "paper": {
+        "student.batch_size_pair": 256,
+        "student.min_steps": 0,
+        "student.epochs": 3,
+        "student.patience": 2,
+        "augment.n_iter_pair": 10,
+    },
+}
+
+
+def _preset(name: str) -> dict[str, object]:
+    if name not in PRESETS:
+        raise ParamsError(f"unknown preset {name!r}: one of {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
+
+
+def preset_options(name: str) -> list[str]:
+    """The ``dvc exp run`` options (``-S key=value``, values in YAML) of a named preset."""
+    return [part for key, value in _preset(name).items() for part in ("-S", f"{key}={json.dumps(value)}")]
+
+
+def with_preset(raw: dict, name: str) -> dict:
+    """A copy of raw params (as read from params.yaml) with a named preset's keys set."""
+    result = copy.deepcopy(raw)
+    for key, value in _preset(name).items():
+        *sections, leaf = key.split(".")
+        node = result
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = value
+    return result
 
 
 def load_params(path: Path | str = DEFAULT_PARAMS_PATH) -> Params:

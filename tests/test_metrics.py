@@ -3,7 +3,7 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from pipeline.data.metrics import compute_metrics, predictions_from_outputs
+from pipeline.data.metrics import compute_metrics, predictions_from_outputs, task_score
 from pipeline.data.tasks import get_task
 
 RNG = np.random.default_rng(0)
@@ -44,3 +44,11 @@ def test_mnli_three_classes_argmax():
     logits = np.eye(3)[[0, 1, 2, 2]]
     assert predictions_from_outputs(get_task("mnli"), logits).tolist() == [0, 1, 2, 2]
     assert compute_metrics(get_task("mnli"), logits, np.array([0, 1, 2, 0]))["accuracy"] == 0.75
+
+
+def test_task_score_follows_the_glue_convention():
+    """CoLA scores MCC alone; MRPC the mean of F1 and accuracy; STS-B of Pearson and Spearman; SST-2 accuracy."""
+    assert task_score(get_task("cola"), {"mcc": 0.2, "accuracy": 0.7}) == pytest.approx(0.2)
+    assert task_score(get_task("mrpc"), {"f1": 0.8, "accuracy": 0.7}) == pytest.approx(0.75)
+    assert task_score(get_task("stsb"), {"pearson": 0.8, "spearman": 0.9}) == pytest.approx(0.85)
+    assert task_score(get_task("sst2"), {"accuracy": 0.9}) == pytest.approx(0.9)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pipeline import paths
 from pipeline.data.schema import shard_schema
@@ -128,3 +129,55 @@ def test_run_mkd_without_fine_tuning_writes_only_the_joint_model(mkd_params: Par
     run_mkd("bilstm", params, tmp_path / "logits", tmp_path / "prepared", tmp_path / "unused", out,
             tmp_path / "logs", tmp_path / "finetune")  # fmt: skip
     assert sorted(p.name for p in out.iterdir()) == ["multitask"]
+
+
+def test_fine_tuning_is_kept_only_where_the_task_score_improves(mkd_params, tmp_path, monkeypatch) -> None:
+    """Dev metrics scripted per phase: MRPC's fine-tuning raises F1 (the primary metric) but lowers the F1/accuracy
+    mean that ``compare`` ranks by, so the joint model is kept; SST-2's raises accuracy and is kept. A stage that
+    kept the worse model (by F1 alone) fails here."""
+    from pipeline.stages.mkd import run_mkd
+    from pipeline.training import fit as fit_module
+
+    joint = {"sst2": {"accuracy": 0.80}, "mrpc": {"f1": 0.80, "accuracy": 0.75}}
+    tuned = {"sst2": {"accuracy": 0.90}, "mrpc": {"f1": 0.81, "accuracy": 0.70}}
+
+    def evaluate(model, data, accelerator):  # noqa: ANN001, ANN202
+        return {task: (joint if len(data) > 1 else tuned)[task] for task in data}
+
+    monkeypatch.setattr(fit_module, "_evaluate", evaluate)
+    for task in joint:
+        write_task(tmp_path, task, n_originals=30)
+    params = mkd_params.model_copy(update={"tasks": list(joint)})
+    out = tmp_path / "models" / "bilstm"
+    summary = run_mkd("bilstm", params, tmp_path / "logits", tmp_path / "prepared", tmp_path / "unused", out,
+                      tmp_path / "logs", tmp_path / "finetune")  # fmt: skip
+    assert summary["sst2"]["fine_tuned"] and summary["sst2"]["dev"]["sst2"] == tuned["sst2"]
+    assert not summary["mrpc"]["fine_tuned"] and summary["mrpc"]["dev"]["mrpc"] == joint["mrpc"]
+    joint_state = load_student(out / "multitask")[0].state_dict()
+    for task, kept_joint in (("mrpc", True), ("sst2", False)):
+        state = load_student(out / task)[0].state_dict()
+        same = all(torch.equal(value, joint_state[name]) for name, value in state.items())
+        assert same == kept_joint, task
+
+
+def test_joint_training_logs_each_tasks_loss(mkd_params, tmp_path) -> None:
+    from pipeline.stages.mkd import run_mkd
+
+    for task in ("sst2", "stsb"):
+        write_task(tmp_path, task, n_originals=30)
+    params = mkd_params.model_copy(update={
+        "tasks": ["sst2", "stsb"], "mkd": mkd_params.mkd.model_copy(update={"finetune_epochs": 0}),
+    })  # fmt: skip
+    logs = tmp_path / "logs"
+    run_mkd("bilstm", params, tmp_path / "logits", tmp_path / "prepared", tmp_path / "unused",
+            tmp_path / "models", logs, tmp_path / "finetune")  # fmt: skip
+    curves = {}
+    for name in ("train/loss", "train/sst2/loss", "train/stsb/loss"):
+        rows = (logs / "plots" / "metrics" / f"{name}.tsv").read_text().split("\n")[1:]
+        curves[name] = [float(row.split("\t")[-1]) for row in rows if row]
+    assert all(len(curve) == 3 for curve in curves.values())
+    # the overall loss is the row-weighted mean of the tasks' (equal rows here): between the two, and their mean
+    for epoch in range(3):
+        sst2, stsb = curves["train/sst2/loss"][epoch], curves["train/stsb/loss"][epoch]
+        assert curves["train/loss"][epoch] == pytest.approx((sst2 + stsb) / 2, rel=1e-4)
+        assert sst2 != stsb

@@ -2,9 +2,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from pipeline.cli import app
 from pipeline.errors import ParamsError
-from pipeline.params import GLUE_DIR_ENV, load_params
+from pipeline.params import GLUE_DIR_ENV, PRESETS, load_params, preset_options, with_preset
 from tests.conftest import REPO_ROOT
 
 
@@ -100,3 +102,47 @@ def test_inference_precision_is_separate_from_training_precision(tmp_path):
     raw["score"]["precision"] = "int8"
     with pytest.raises(ParamsError, match=r"score.precision: Input should be 'fp32', 'bf16', 'fp16' or 'auto'"):
         load_params(write(tmp_path, raw))
+
+
+def flatten(section: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in section.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_sets_existing_keys_that_differ_from_the_defaults(tmp_path, name):
+    defaults = flatten(repo_params())
+    assert set(PRESETS[name]) <= set(defaults), "a preset key that params.yaml does not have"
+    assert any(defaults[key] != value for key, value in PRESETS[name].items()), "the preset changes nothing"
+    params = flatten(load_params(write(tmp_path, with_preset(repo_params(), name))).model_dump(mode="json"))
+    assert {key: params[key] for key in PRESETS[name]} == PRESETS[name]
+
+
+def test_preset_options_are_what_dvc_exp_run_sets():
+    """`-S key=value` pairs whose values, read as YAML (as DVC reads them), are the preset's."""
+    options = preset_options("paper")
+    assert options[0::2] == ["-S"] * len(PRESETS["paper"])
+    pairs = [option.split("=", 1) for option in options[1::2]]
+    assert {key: yaml.safe_load(value) for key, value in pairs} == PRESETS["paper"]
+
+
+def test_unknown_preset_is_named():
+    with pytest.raises(ParamsError, match=r"unknown preset 'tang': one of paper"):
+        preset_options("tang")
+
+
+def test_paper_preset_is_tang_et_al():
+    paper = PRESETS["paper"]
+    assert (paper["student.batch_size_pair"], paper["augment.n_iter_pair"], paper["student.min_steps"]) == (256, 10, 0)
+
+
+def test_preset_command_prints_the_options():
+    result = CliRunner().invoke(app, ["preset", "paper"])
+    assert result.exit_code == 0 and result.output.split() == preset_options("paper")
+    result = CliRunner().invoke(app, ["preset", "tang"])
+    assert result.exit_code == 1 and "unknown preset 'tang'" in result.output

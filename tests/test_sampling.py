@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.training.sampling import TaskBatchSampler, task_probabilities
+from pipeline.training.sampling import TaskBatchSampler, batch_probabilities, task_probabilities
 
 SIZES = {"big": 600, "mid": 150, "small": 37}
 BATCH_SIZES = {"big": 16, "mid": 8, "small": 5}
@@ -21,6 +21,10 @@ def lengths(seed: int = 0) -> dict[str, np.ndarray]:
 
 def sampler(scheme: str, temperature: float = 1.0, seed: int = 0) -> TaskBatchSampler:
     return TaskBatchSampler(lengths(), BATCH_SIZES, scheme, temperature, seed)  # type: ignore[arg-type]
+
+
+def mean_batch_rows() -> dict[str, float]:
+    return {task: size / math.ceil(size / BATCH_SIZES[task]) for task, size in SIZES.items()}
 
 
 def check_batch(task: str, rows: np.ndarray) -> None:
@@ -75,7 +79,7 @@ def test_sampled_task_frequencies_and_full_passes(scheme, temperature):
     epochs = [batch_sampler.epoch() for _ in range(100)]
     batches = [batch for epoch in epochs for batch in epoch]
     assert all(len(epoch) == batch_sampler.batches_per_epoch() for epoch in epochs)
-    expected = task_probabilities(SIZES, scheme, temperature)
+    expected = batch_probabilities(task_probabilities(SIZES, scheme, temperature), mean_batch_rows())
     for task in SIZES:
         frequency = sum(name == task for name, _ in batches) / len(batches)
         tolerance = 4 * math.sqrt(expected[task] * (1 - expected[task]) / len(batches))  # 4 binomial std devs
@@ -100,6 +104,22 @@ def test_task_probabilities():
     assert max(hot.values()) - min(hot.values()) < 0.01  # a high temperature approaches uniform
     warm = task_probabilities(SIZES, "temperature", 2.0)
     assert warm["small"] > SIZES["small"] / total  # small tasks are up-sampled
+
+
+@pytest.mark.parametrize(("scheme", "temperature"), [("temperature", 1.0), ("uniform", 1.0)])
+def test_row_shares_hold_with_unequal_batch_sizes(scheme, temperature):
+    """Tasks get their share of the rows trained on, not of the batches: with batch sizes 16 / 8 / 5, temperature 1
+    trains each task on its proportional share of rows (as ``proportional`` does), uniform on equal rows."""
+    batch_sampler = sampler(scheme, temperature)
+    rows = {task: 0 for task in SIZES}
+    for _ in range(200):
+        for task, batch in batch_sampler.epoch():
+            rows[task] += len(batch)
+    total = sum(rows.values())
+    expected = task_probabilities(SIZES, scheme, temperature)
+    for task in SIZES:
+        assert rows[task] / total == pytest.approx(expected[task], abs=0.01), (task, rows[task] / total)
+    assert max(abs(batch_sampler.probabilities[t] - expected[t]) for t in SIZES) > 0.05  # batch sizes differ enough
 
 
 def test_single_task_is_the_one_task_case():

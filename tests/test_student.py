@@ -39,6 +39,7 @@ from pipeline.students.encoding import (
 )
 from pipeline.students.inference import predict
 from pipeline.training import device
+from pipeline.training import fit as fit_module
 from pipeline.training.accelerator import USE_CPU_ENV, accelerated
 from pipeline.training.fit import step_optimizers
 from pipeline.training.losses import distillation_loss
@@ -546,3 +547,63 @@ def test_student_refuses_corrupted_shards(tmp_path):
     (shard_dir / "part-00001.parquet").write_bytes(b"PAR1 truncated")
     with pytest.raises(ShardError, match="part-00001.parquet: checksum mismatch"):
         read_shards(get_task("sst2"), shard_dir)
+
+
+# ---------------------------------------------------------------- training budget and early stopping
+
+
+@pytest.mark.parametrize(
+    ("epochs", "min_steps", "steps_per_epoch", "expected"),
+    [(3, 0, 157, 3), (3, 2000, 157, 13), (3, 300, 157, 3), (1, 40, 13, 4), (3, 5000, 17686, 3)],
+)
+def test_max_epochs_meets_the_step_budget(epochs: int, min_steps: int, steps_per_epoch: int, expected: int) -> None:
+    """``min_steps`` adds epochs only where ``epochs`` give fewer optimiser steps (small transfer sets)."""
+    assert TrainParams(epochs=epochs, min_steps=min_steps).max_epochs(steps_per_epoch) == expected
+
+
+def scripted_dev_scores(monkeypatch: pytest.MonkeyPatch, scores: list[float]) -> list[dict[str, torch.Tensor]]:
+    """Make the dev evaluation after epoch k return accuracy ``scores[k - 1]``; return the weights seen at each."""
+    states: list[dict[str, torch.Tensor]] = []
+
+    def evaluate(model, data, accelerator):  # noqa: ANN001, ANN202
+        states.append({name: value.detach().clone() for name, value in model.state_dict().items()})
+        return {name: {"accuracy": scores[len(states) - 1]} for name in data}
+
+    monkeypatch.setattr(fit_module, "_evaluate", evaluate)
+    return states
+
+
+def budget_params(epochs: int, min_steps: int, patience: int) -> Params:
+    params = tiny_params(epochs=epochs)
+    update = {"min_steps": min_steps, "patience": patience}
+    return params.model_copy(update={"student": params.student.model_copy(update=update)})
+
+
+def test_student_trains_until_the_step_budget(teacher_dir, tmp_path, monkeypatch) -> None:
+    """200 shard rows at batch 16 are 13 steps an epoch: ``min_steps: 40`` turns 1 epoch into 4 while dev improves."""
+    shards, prepared = tmp_path / "logits", tmp_path / "prepared"
+    write_sst2_shards(shards)
+    write_prepared(prepared, "sst2", "dev", sentiment_rows(20, seed=2))
+    scripted_dev_scores(monkeypatch, [0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
+    params = budget_params(epochs=1, min_steps=40, patience=2)
+    summary = train_student(get_task("sst2"), params, shards, prepared, teacher_dir, tmp_path / "out", tmp_path / "log")
+    assert summary["epochs_run"] == 4 and summary["best_epoch"] == 4
+    assert summary["dev"]["sst2"]["accuracy"] == 0.8
+
+
+def test_student_stops_early_and_keeps_its_best_epoch(teacher_dir, tmp_path, monkeypatch) -> None:
+    """Dev accuracy peaks at epoch 2: with patience 2 training ends after epoch 4 and the saved student is epoch 2's
+    (not the last one's)."""
+    shards, prepared = tmp_path / "logits", tmp_path / "prepared"
+    write_sst2_shards(shards)
+    write_prepared(prepared, "sst2", "dev", sentiment_rows(20, seed=2))
+    states = scripted_dev_scores(monkeypatch, [0.6, 0.8, 0.7, 0.75, 0.9, 0.9, 0.9, 0.9])
+    params = budget_params(epochs=1, min_steps=100, patience=2)  # at most 8 epochs
+    out = tmp_path / "out"
+    summary = train_student(get_task("sst2"), params, shards, prepared, teacher_dir, out, tmp_path / "log")
+    assert summary["epochs_run"] == 4 and summary["best_epoch"] == 2
+    assert summary["dev"]["sst2"]["accuracy"] == 0.8
+    saved, _ = load_student(out)
+    kept = saved.state_dict()
+    assert all(torch.equal(kept[name], value) for name, value in states[1].items())
+    assert not all(torch.equal(kept[name], value) for name, value in states[3].items())

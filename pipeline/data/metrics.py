@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
@@ -35,6 +35,14 @@ def predictions_from_outputs(task: Task, outputs: np.ndarray) -> np.ndarray:
     if task.is_regression:
         return outputs.reshape(len(outputs), -1)[:, 0]
     return outputs.argmax(axis=-1)
+
+
+def task_score(task: Task, metrics: Mapping[str, float]) -> float:
+    """A task's score on one split under the GLUE convention: its MCC alone where it reports one (CoLA), else the
+    mean of its metrics (MRPC, QQP: F1 and accuracy; STS-B: Pearson and Spearman). Model selection and ``compare``
+    rank by it."""
+    names = ("mcc",) if "mcc" in task.metrics else task.metrics
+    return float(np.mean([metrics[name] for name in names]))
 
 
 def compute_metrics(task: Task, outputs: np.ndarray, labels: np.ndarray) -> dict[str, float]:

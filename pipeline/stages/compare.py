@@ -1,12 +1,14 @@
 """Compare stage: every model of every task in one run — single-task and multi-task teachers, Tang et al.'s KD
-students, no-KD baselines, the TF-IDF models and the MKD students — with each task's metrics, the GLUE-style average
-(mean over tasks of each task's mean metric), parameter counts and CPU throughput."""
+students, no-KD baselines, the TF-IDF models and the MKD students — with each task's metrics, the GLUE-convention
+average (mean over tasks of each task's score: CoLA's MCC, the mean of the other tasks' metrics), parameter counts and
+CPU throughput."""
 
 from __future__ import annotations
 
 import statistics
 from typing import Any
 
+from pipeline.data.metrics import task_score
 from pipeline.data.prepared import dev_splits
 from pipeline.data.tasks import Task, resolve_task
 from pipeline.params import Params
@@ -38,9 +40,9 @@ def display_name(model: str) -> str:
     return f"MKD {name}"
 
 
-def task_score(report: dict[str, Any], model: str) -> float:
-    """A task's GLUE-style score of ``model`` (x100): the mean of every metric on every dev split."""
-    return 100 * statistics.fmean(value for split in report["quality"].values() for value in split[model].values())
+def dev_score(task: Task, report: dict[str, Any], model: str) -> float:
+    """``model``'s GLUE-convention score on a task (x100): ``task_score`` (CoLA: MCC alone), mean over dev splits."""
+    return 100 * statistics.fmean(task_score(task, report["quality"][split][model]) for split in task.dev_splits)
 
 
 def compare(params: Params) -> dict[str, Any]:
@@ -53,7 +55,7 @@ def compare(params: Params) -> dict[str, Any]:
         for task in tasks
     }  # fmt: skip
     models = reports[tasks[0].name]["models"]
-    scores = {model: {name: task_score(report, model) for name, report in reports.items()} for model in models}
+    scores = {model: {task.name: dev_score(task, reports[task.name], model) for task in tasks} for model in models}
     average = {model: statistics.fmean(values.values()) for model, values in scores.items()}
     speed_ratios = {
         model: {

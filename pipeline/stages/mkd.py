@@ -3,7 +3,8 @@
 The student (shared layers + one head per task) learns from each task's logit shards — scored by the multi-task
 teacher (``mkd.teacher: multitask``) or by the single-task teachers (``single``) — with every mini-batch from one
 task. Optional per-task fine-tuning then starts from the jointly distilled weights and yields one model per task; a
-task keeps the fine-tuned model only if it beats the joint model on that task's dev split. One process, or DDP under
+task keeps the fine-tuned model only if it beats the joint model on that task's dev score (``task_score``, as
+``compare`` ranks). One process, or DDP under
 ``torchrun`` / ``accelerate launch`` (every process reads all rows and trains on its share of each batch). The joint
 run and each fine-tuning checkpoint every epoch, so a killed stage run again resumes where it stopped.
 """
@@ -23,6 +24,7 @@ from accelerate import Accelerator
 
 from pipeline import paths
 from pipeline.data.io import atomic_dir
+from pipeline.data.metrics import task_score
 from pipeline.data.subsets import filter_originals, kept_originals
 from pipeline.data.tasks import Task, resolve_task
 from pipeline.params import MKDStudentTraining, Params
@@ -139,8 +141,8 @@ def _distil_and_fine_tune(
                 finetune_log_dir / task.name, desc=f"mkd {architecture} fine-tune {task.name}",
                 checkpoints=checkpoints and checkpoints.sub(task.name),
             )  # fmt: skip
-            primary = task.primary_metric
-            improved = result.best_metrics[task.name][primary] > joint.best_metrics[task.name][primary]
+            tuned_score, joint_score = (task_score(task, r.best_metrics[task.name]) for r in (result, joint))
+            improved = tuned_score > joint_score
             if not improved:
                 tuned = copy.deepcopy(model)
                 tuned.keep_tasks([task.name])

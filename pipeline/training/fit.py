@@ -25,7 +25,7 @@ from accelerate.utils import broadcast_object_list
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.data.metrics import compute_metrics
+from pipeline.data.metrics import compute_metrics, task_score
 from pipeline.data.tasks import Task
 from pipeline.params import SamplingScheme, TrainParams
 from pipeline.students.base import StudentModel
@@ -121,7 +121,8 @@ def fit(
 ) -> FitResult:
     """Train ``model`` on every task in ``data`` with early stopping; load the best epoch's weights into it.
 
-    The early-stopping score is the mean over tasks of each task's primary dev metric (a NaN counts as worst). The main
+    The early-stopping score is the mean over tasks of each task's GLUE-convention dev score (``task_score``; a NaN
+    counts as worst). The main
     process logs the epochs to DVCLive in ``log_dir``. With ``checkpoints``, every epoch is checkpointed and a run
     finds its latest checkpoint and continues from there.
     """
@@ -138,14 +139,16 @@ def fit(
         sampling, temperature, seed,
     )  # fmt: skip
     steps_per_epoch = sampler.batches_per_epoch()
-    optimizers, schedulers = build_optimizers(hp, model, hp.epochs * steps_per_epoch)
+    max_epochs = hp.max_epochs(steps_per_epoch)
+    optimizers, schedulers = build_optimizers(hp, model, max_epochs * steps_per_epoch)
     progress = FitProgress()
     accelerator.register_for_checkpointing(progress, sampler, *optimizers, *schedulers)
     if checkpoints is not None and checkpoints.resume(accelerator, log_dir):
         log.info("%s: resumed after epoch %d", desc, progress.epoch)
     if main:
-        log.info("%s: %d process(es) on %s, mixed precision %s, %d steps per epoch",
-                 desc, accelerator.num_processes, device, accelerator.mixed_precision, steps_per_epoch)  # fmt: skip
+        log.info("%s: %d process(es) on %s, mixed precision %s, %d steps per epoch, at most %d epochs",
+                 desc, accelerator.num_processes, device, accelerator.mixed_precision, steps_per_epoch,
+                 max_epochs)  # fmt: skip
     trace = RowTrace(accelerator.process_index)
     multi_task = len(data) > 1
     with training_log(log_dir, enabled=main, resume_step=progress.epoch) as tracker:
@@ -154,10 +157,12 @@ def fit(
             train_loss = _train_epoch(forward, data, sampler.epoch(), optimizers, schedulers, accelerator, trace,
                                       epoch, f"{desc} epoch {epoch}")  # fmt: skip
             metrics = _evaluate(model, data, accelerator)
-            record = {"epoch": epoch, "train/loss": train_loss}
+            record = {"epoch": epoch, "train/loss": train_loss.pop("")}
+            if multi_task:
+                record.update({f"train/{task}/loss": loss for task, loss in train_loss.items()})
             for name, task_metrics in metrics.items():
                 record.update(_metric_names(data[name].task, task_metrics, multi_task))
-            _end_epoch(progress, epoch, record, metrics, model, data, hp, tracker)
+            _end_epoch(progress, epoch, record, metrics, model, data, max_epochs, hp.patience, tracker)
             log.info("%s epoch %d: %s", desc, epoch, record)
             if checkpoints is not None:
                 checkpoints.save(accelerator, epoch, log_dir if main else None)
@@ -165,7 +170,7 @@ def fit(
             {name: metrics[data[name].task.primary_metric] for name, metrics in progress.best_metrics.items()},
             best_epoch=progress.best_epoch,
         )
-    assert progress.best_state is not None  # hp.epochs >= 1
+    assert progress.best_state is not None  # max_epochs >= 1
     model.load_state_dict(progress.best_state)
     release(accelerator)
     return FitResult(progress.curve, progress.best_epoch, progress.best_metrics)
@@ -175,12 +180,13 @@ def _train_epoch(
     forward: nn.Module, data: dict[str, TaskData], batches: list[tuple[str, np.ndarray]],
     optimizers: list[torch.optim.Optimizer], schedulers: list[torch.optim.lr_scheduler.LRScheduler],
     accelerator: Accelerator, trace: RowTrace, epoch: int, desc: str,
-) -> float:  # fmt: skip
+) -> dict[str, float]:  # fmt: skip
     """One epoch of optimizer steps, one per global batch (this process's share of it); the mean training loss per
-    row over all processes."""
+    row over all processes, overall (key ``""``) and of each task (to see how tasks interfere)."""
     device, processes = accelerator.device, accelerator.num_processes
     forward.train()
-    total, rows_seen = torch.zeros((), device=device), 0
+    names = list(data)
+    total, rows_seen = torch.zeros(len(names), device=device), torch.zeros(len(names), device=device)
     for task, batch in tqdm(batches, desc=desc, unit="batch", disable=not accelerator.is_main_process):
         item = data[task]
         rows, counted = process_rows(batch, accelerator)
@@ -194,13 +200,15 @@ def _train_epoch(
         for scheduler in schedulers:
             scheduler.step()
         if counted:
-            total += loss.detach() * counted
-            rows_seen += counted
+            slot = names.index(task)
+            total[slot] += loss.detach() * counted
+            rows_seen[slot] += counted
         trace.record(epoch, task, rows[:counted])
     if processes > 1:
-        total, rows = accelerator.reduce(torch.stack([total, torch.tensor(float(rows_seen), device=device)]), "sum")
-        rows_seen = int(rows.item())
-    return total.item() / rows_seen
+        total, rows_seen = accelerator.reduce(torch.stack([total, rows_seen]), "sum")
+    losses = {"": (total.sum() / rows_seen.sum()).item()}
+    losses.update({name: (total[i] / rows_seen[i]).item() for i, name in enumerate(names) if rows_seen[i] > 0})
+    return losses
 
 
 def _evaluate(model: StudentModel, data: dict[str, TaskData], accelerator: Accelerator) -> dict[str, dict[str, float]]:
@@ -220,17 +228,18 @@ def _evaluate(model: StudentModel, data: dict[str, TaskData], accelerator: Accel
 
 def _end_epoch(
     progress: FitProgress, epoch: int, record: dict[str, float], metrics: dict[str, dict[str, float]],
-    model: StudentModel, data: dict[str, TaskData], hp: TrainParams, tracker: TrainingLog,
+    model: StudentModel, data: dict[str, TaskData], max_epochs: int, patience: int, tracker: TrainingLog,
 ) -> None:  # fmt: skip
-    """Log the epoch, keep the weights of the best epoch so far, and decide whether training is done."""
+    """Log the epoch, keep the weights of the best epoch so far, and decide whether training is done: after
+    ``max_epochs``, or ``patience`` epochs without a better dev score."""
     progress.curve.append(record)
     tracker.log_epoch({k: v for k, v in record.items() if k != "epoch"})
-    primary = [metrics[name][d.task.primary_metric] for name, d in data.items()]
-    score = -math.inf if any(math.isnan(value) for value in primary) else float(np.mean(primary))
+    scores = [task_score(d.task, metrics[name]) for name, d in data.items()]
+    score = -math.inf if any(math.isnan(value) for value in scores) else float(np.mean(scores))
     progress.epoch = epoch
     if progress.best_state is None or score > progress.best_score:
         progress.best_score, progress.best_epoch, progress.best_metrics = score, epoch, metrics
         progress.best_state = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
-        progress.done = epoch == hp.epochs
+        progress.done = epoch == max_epochs
     else:
-        progress.done = epoch == hp.epochs or epoch - progress.best_epoch >= hp.patience
+        progress.done = epoch == max_epochs or epoch - progress.best_epoch >= patience

@@ -2,9 +2,11 @@
 
 ``proportional`` (the default, as in MT-DNN) lists every task's batches of an epoch and shuffles them together, so
 each example is seen exactly once per epoch and tasks appear in proportion to their sizes. ``uniform`` and
-``temperature`` draw the task of each batch with probability ``1/T`` or ``n_t ** (1/temperature)`` (normalised)
-for an epoch of the same number of batches; each task then reads its rows from its own endless stream of
-shuffled passes, so no row of a task repeats before every row of that task has been seen.
+``temperature`` give task ``t`` a share of the training rows, equal or ``n_t ** (1/temperature)`` (normalised), and
+draw the task of each batch with probability ``share_t / rows per batch_t`` (normalised), so that the shares hold in
+rows whatever the tasks' batch sizes (``temperature`` 1 is ``proportional`` in expectation), for an epoch of the same
+number of batches; each task then reads its rows from its own endless stream of shuffled passes, so no row of a task
+repeats before every row of that task has been seen.
 
 Single-task training is the one-task case of the same sampler. ``state_dict`` / ``load_state_dict`` save and restore
 where the sampler stands (its RNG and each task's unread batches), so a resumed run draws the batches it would have.
@@ -25,13 +27,21 @@ TaskBatch = tuple[str, np.ndarray]  # (task name, row indices into that task's t
 
 
 def task_probabilities(sizes: Mapping[str, int], scheme: SamplingScheme, temperature: float = 1.0) -> dict[str, float]:
-    """Probability that a batch comes from each task: proportional to size, uniform, or ``size ** (1/temperature)``."""
+    """Each task's share of the training rows: proportional to size, uniform, or ``size ** (1/temperature)``."""
     if scheme == "uniform":
         weights = {task: 1.0 for task in sizes}
     elif scheme == "temperature":
         weights = {task: float(size) ** (1.0 / temperature) for task, size in sizes.items()}
     else:
         weights = {task: float(size) for task, size in sizes.items()}
+    total = sum(weights.values())
+    return {task: weight / total for task, weight in weights.items()}
+
+
+def batch_probabilities(row_shares: Mapping[str, float], batch_rows: Mapping[str, float]) -> dict[str, float]:
+    """Probability that a batch comes from each task, for the tasks to get ``row_shares`` of the rows trained on
+    (``batch_rows``: each task's mean rows per batch)."""
+    weights = {task: share / batch_rows[task] for task, share in row_shares.items()}
     total = sum(weights.values())
     return {task: weight / total for task, weight in weights.items()}
 
@@ -56,7 +66,9 @@ class TaskBatchSampler:
         self.lengths = {task: np.asarray(values) for task, values in lengths.items()}
         self.batch_sizes = dict(batch_sizes)
         self.scheme = scheme
-        self.probabilities = task_probabilities({t: len(v) for t, v in self.lengths.items()}, scheme, temperature)
+        shares = task_probabilities({t: len(v) for t, v in self.lengths.items()}, scheme, temperature)
+        batch_rows = {t: len(v) / -(-len(v) // self.batch_sizes[t]) for t, v in self.lengths.items()}  # last is short
+        self.probabilities = batch_probabilities(shares, batch_rows)  # of a batch's task
         self.rng = np.random.default_rng(seed)
         self._unread: dict[str, deque[np.ndarray]] = {task: deque() for task in self.lengths}  # current pass
 
