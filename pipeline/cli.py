@@ -224,12 +224,21 @@ def compare(params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
     """Compare every model on every task: teachers, Tang students, baselines, MKD students; average, size, speed."""
     from pipeline.data.io import write_json, write_text
     from pipeline.stages.compare import compare as run_compare
-    from pipeline.stages.compare import markdown_report, metrics_headline, metrics_summary
+    from pipeline.stages.compare import (
+        markdown_report,
+        metrics_headline,
+        metrics_summary,
+        plot_quality_vs_speed,
+        quality_vs_speed,
+    )
 
     with _user_errors():
         hp = load_params(params)
         summary = run_compare(hp)
         table = markdown_report(summary, [resolve_task(name, hp) for name in hp.tasks])
+        points = quality_vs_speed(summary)
+        write_json(points, paths.QUALITY_VS_SPEED)
+        plot_quality_vs_speed(points, paths.QUALITY_VS_SPEED_PNG)
         write_json(summary["reports"], paths.COMPARISON_REPORTS)
         write_json(metrics_summary(summary), paths.COMPARISON_SUMMARY)
         write_json(metrics_headline(summary), paths.COMPARISON_METRICS)

@@ -119,3 +119,5 @@ COMPARISON_METRICS = METRICS_DIR / "comparison.json"  # headline: each model's a
 COMPARISON_SUMMARY = METRICS_DIR / "comparison_summary.json"  # scores, averages and speed ratios of every model
 COMPARISON_TABLE = METRICS_DIR / "comparison.md"
 COMPARISON_REPORTS = METRICS_DIR / "comparison_reports.json"  # every task's full evaluation report
+QUALITY_VS_SPEED = METRICS_DIR / "quality_vs_speed.json"  # one point per model: average and CPU speed (a DVC plot)
+QUALITY_VS_SPEED_PNG = METRICS_DIR / "quality_vs_speed.png"  # the same points drawn, for the docs

@@ -147,6 +147,9 @@ def test_repro_runs_every_stage_of_every_task(project):
         assert set(comparison["score"][model]) == set(FIRST_TASKS)
         assert comparison["speed_over_single_teacher"][model]["sst2"]["batch_1"] > 0
     assert "| MKD biattentive |" in (project / "metrics" / "comparison.md").read_text()
+    points = json.loads((project / "metrics" / "quality_vs_speed.json").read_text())
+    assert len(points) == len(comparison["models"]) and all(point["sentences_per_second"] > 0 for point in points)
+    assert (project / "metrics" / "quality_vs_speed.png").read_bytes()[:4] == b"\x89PNG"
 
     # The numbers themselves: every PyTorch model rescored on each task's GLUE dev file outside the pipeline's
     # evaluation code. evaluate reports teacher, student and baseline; compare every model of both kinds.

@@ -6,8 +6,10 @@ CPU throughput."""
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 from typing import Any
 
+from pipeline.data.io import atomic_path
 from pipeline.data.metrics import task_score
 from pipeline.data.prepared import dev_splits
 from pipeline.data.tasks import Task, resolve_task
@@ -90,6 +92,47 @@ def metrics_headline(summary: dict[str, Any]) -> dict[str, Any]:
     named as in ``metrics/<task>.json`` so the columns are shared; the rest is in the summary."""
     kept = [model for model in summary["models"] if "-" not in model and not model.endswith(JOINT_SUFFIX)]
     return {model: summary["average"][model] / 100 for model in kept}
+
+
+def quality_vs_speed(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One point per model and exported variant: its average over the tasks (x100) and its CPU sentences/s at the
+    smallest measured batch size (batch 1 by default; geometric mean over the tasks' dev sets): the compare plot."""
+    reports = list(summary["reports"].values())
+    batch_size = min(int(key.removeprefix("batch_")) for key in reports[0]["cpu_sentences_per_second"])
+    points = []
+    for model in summary["models"]:
+        rates = [report["cpu_sentences_per_second"][f"batch_{batch_size}"][model]["median"] for report in reports]
+        points.append({
+            "model": display_name(model),
+            "average": round(summary["average"][model], 4),
+            "sentences_per_second": round(statistics.geometric_mean(rates), 2),
+            "batch_size": batch_size,
+        })  # fmt: skip
+    return points
+
+
+def plot_quality_vs_speed(points: list[dict[str, Any]], target: Path) -> None:
+    """Draw the quality-vs-speed points as a PNG (log speed axis, each point labelled), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(10, 6.5), dpi=110)
+    for point in points:
+        x, y = point["sentences_per_second"], point["average"]
+        exported = ", ONNX" in point["model"]
+        axes.scatter(x, y, marker="s" if exported else "o", color="tab:orange" if exported else "tab:blue", zorder=3)
+        axes.annotate(point["model"], (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7)
+    axes.set_xscale("log")
+    axes.set_xlabel(f"CPU sentences/s at batch {points[0]['batch_size']} (geometric mean over tasks, log scale)")
+    axes.set_ylabel("dev average over tasks (GLUE convention, x100)")
+    axes.set_title("Quality against CPU speed: every model (circles) and exported variant (squares)")
+    axes.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    with atomic_path(target) as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
 
 
 def _metric_header(task: Task) -> str:

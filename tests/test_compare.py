@@ -1,0 +1,44 @@
+"""compare's quality-vs-speed points and their PNG (the stage itself runs in tests/test_pipeline_pairs_e2e.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pipeline.stages.compare import plot_quality_vs_speed, quality_vs_speed
+
+
+def fake_summary() -> dict:
+    speeds = {"sst2": {"teacher": 80.0, "student": 400.0, "student-int8": 2000.0},
+              "stsb": {"teacher": 20.0, "student": 100.0, "student-int8": 500.0}}  # fmt: skip
+    reports = {
+        task: {"cpu_sentences_per_second": {
+            "batch_256": {model: {"median": 10 * rate} for model, rate in rates.items()},
+            "batch_1": {model: {"median": rate} for model, rate in rates.items()},
+        }}
+        for task, rates in speeds.items()
+    }  # fmt: skip
+    return {
+        "models": ["teacher", "student", "student-int8"],
+        "average": {"teacher": 71.25, "student": 70.5, "student-int8": 70.25},
+        "reports": reports,
+    }
+
+
+def test_one_point_per_model_at_batch_1_geometric_mean_over_tasks():
+    points = quality_vs_speed(fake_summary())
+    assert [point["model"] for point in points] == [
+        "teacher (single-task)", "Tang BiLSTM student (KD)", "Tang BiLSTM student (KD), ONNX int8",
+    ]  # fmt: skip
+    assert [point["average"] for point in points] == [71.25, 70.5, 70.25]
+    assert {point["batch_size"] for point in points} == {1}
+    assert points[0]["sentences_per_second"] == pytest.approx(math.sqrt(80.0 * 20.0))  # 40, not the mean 50
+    assert points[2]["sentences_per_second"] == pytest.approx(1000.0)
+
+
+def test_plot_is_a_png_written_whole(tmp_path):
+    target = tmp_path / "metrics" / "quality_vs_speed.png"
+    plot_quality_vs_speed(quality_vs_speed(fake_summary()), target)
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and target.stat().st_size > 10_000
+    assert [path.name for path in target.parent.iterdir()] == [target.name]  # no temporary file left
