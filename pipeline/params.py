@@ -202,7 +202,7 @@ class TrainParams(_Section):
     weight_decay: float = Field(default=0.0, ge=0)
     schedule: Literal["constant", "linear"] = "constant"  # linear: warm-up over warmup_ratio of the steps, then decay
     warmup_ratio: float = Field(default=0.0, ge=0, le=1)
-    min_steps: int = Field(default=0, ge=0)  # at least this many optimiser steps: more epochs for small data
+    steps: int | None = Field(default=None, gt=0)  # training budget in optimiser steps (None: ``epochs``)
     patience: int = Field(default=2, ge=1)
     mixed_precision: Literal["auto", "fp32", "bf16"] = "fp32"  # bf16: autocast; auto: bf16 where native, else fp32
 
@@ -211,9 +211,12 @@ class TrainParams(_Section):
         return self.batch_size_pair if task.is_pair else self.batch_size
 
     def max_epochs(self, steps_per_epoch: int) -> int:
-        """Epochs to train at most: ``epochs``, or as many as ``min_steps`` optimiser steps need if that is more
-        (early stopping with ``patience`` can end training sooner either way)."""
-        return max(self.epochs, -(-self.min_steps // max(steps_per_epoch, 1)))
+        """Epochs to train at most: ``epochs``, or with a ``steps`` budget the whole number of epochs closest to it
+        (at least one), so a large transfer set trains few epochs and a small one many; early stopping with
+        ``patience`` can end training sooner either way."""
+        if self.steps is None:
+            return self.epochs
+        return max(1, round(self.steps / max(steps_per_epoch, 1)))
 
 
 class StudentParams(TrainParams):
@@ -331,7 +334,7 @@ PRESETS: dict[str, dict[str, object]] = {
     # original, 3 epochs and no step budget (this project's defaults before issue 19)
     "paper": {
         "student.batch_size_pair": 256,
-        "student.min_steps": 0,
+        "student.steps": None,
         "student.epochs": 3,
         "student.patience": 2,
         "augment.n_iter_pair": 10,

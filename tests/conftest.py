@@ -102,7 +102,7 @@ def tiny_params(glue_dir: Path, teacher_checkpoint: Path, **sections: dict) -> d
     )  # fmt: skip
     for training in params["mkd"]["training"].values():
         training.update(epochs=2, batch_size=16, batch_size_pair=16)
-    params["student"].update(epochs=2, batch_size=16, batch_size_pair=16)
+    params["student"].update(epochs=2, steps=None, batch_size=16, batch_size_pair=16)
     params["baseline"].update(epochs=2, batch_size=16, batch_size_pair=16)
     params["evaluate"].update(speed_examples=16, speed_batch_sizes=[1, 8], speed_repeats=1)
     for name, values in sections.items():

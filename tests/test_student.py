@@ -553,12 +553,14 @@ def test_student_refuses_corrupted_shards(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("epochs", "min_steps", "steps_per_epoch", "expected"),
-    [(3, 0, 157, 3), (3, 2000, 157, 13), (3, 300, 157, 3), (1, 40, 13, 4), (3, 5000, 17686, 3)],
-)
-def test_max_epochs_meets_the_step_budget(epochs: int, min_steps: int, steps_per_epoch: int, expected: int) -> None:
-    """``min_steps`` adds epochs only where ``epochs`` give fewer optimiser steps (small transfer sets)."""
-    assert TrainParams(epochs=epochs, min_steps=min_steps).max_epochs(steps_per_epoch) == expected
+    ("steps", "steps_per_epoch", "expected"),
+    [(None, 157, 3), (None, 17687, 3), (10000, 17687, 1), (20000, 17687, 1), (10000, 2560, 4), (10000, 570, 18),
+     (10000, 157, 64), (40, 13, 3), (100, 13, 8)],
+)  # fmt: skip
+def test_max_epochs_follow_the_step_budget(steps: int | None, steps_per_epoch: int, expected: int) -> None:
+    """Without ``steps``, ``epochs`` (3); with it, the whole number of epochs closest to the budget, at least one: a
+    large transfer set (SST-2, 17,687 steps an epoch) trains one epoch, a small one (MRPC at batch 64) many."""
+    assert TrainParams(epochs=3, steps=steps).max_epochs(steps_per_epoch) == expected
 
 
 def scripted_dev_scores(monkeypatch: pytest.MonkeyPatch, scores: list[float]) -> list[dict[str, torch.Tensor]]:
@@ -573,19 +575,20 @@ def scripted_dev_scores(monkeypatch: pytest.MonkeyPatch, scores: list[float]) ->
     return states
 
 
-def budget_params(epochs: int, min_steps: int, patience: int) -> Params:
-    params = tiny_params(epochs=epochs)
-    update = {"min_steps": min_steps, "patience": patience}
+def budget_params(steps: int, patience: int) -> Params:
+    params = tiny_params(epochs=1)
+    update = {"steps": steps, "patience": patience}
     return params.model_copy(update={"student": params.student.model_copy(update=update)})
 
 
 def test_student_trains_until_the_step_budget(teacher_dir, tmp_path, monkeypatch) -> None:
-    """200 shard rows at batch 16 are 13 steps an epoch: ``min_steps: 40`` turns 1 epoch into 4 while dev improves."""
+    """200 shard rows at batch 16 are 13 steps an epoch: ``steps: 52`` is 4 epochs (not ``epochs: 1``) while dev
+    improves."""
     shards, prepared = tmp_path / "logits", tmp_path / "prepared"
     write_sst2_shards(shards)
     write_prepared(prepared, "sst2", "dev", sentiment_rows(20, seed=2))
     scripted_dev_scores(monkeypatch, [0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
-    params = budget_params(epochs=1, min_steps=40, patience=2)
+    params = budget_params(steps=52, patience=2)
     summary = train_student(get_task("sst2"), params, shards, prepared, teacher_dir, tmp_path / "out", tmp_path / "log")
     assert summary["epochs_run"] == 4 and summary["best_epoch"] == 4
     assert summary["dev"]["sst2"]["accuracy"] == 0.8
@@ -598,7 +601,7 @@ def test_student_stops_early_and_keeps_its_best_epoch(teacher_dir, tmp_path, mon
     write_sst2_shards(shards)
     write_prepared(prepared, "sst2", "dev", sentiment_rows(20, seed=2))
     states = scripted_dev_scores(monkeypatch, [0.6, 0.8, 0.7, 0.75, 0.9, 0.9, 0.9, 0.9])
-    params = budget_params(epochs=1, min_steps=100, patience=2)  # at most 8 epochs
+    params = budget_params(steps=104, patience=2)  # at most 8 epochs
     out = tmp_path / "out"
     summary = train_student(get_task("sst2"), params, shards, prepared, teacher_dir, out, tmp_path / "log")
     assert summary["epochs_run"] == 4 and summary["best_epoch"] == 2
