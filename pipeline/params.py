@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
@@ -351,18 +350,6 @@ def _preset(name: str) -> dict[str, object]:
 def preset_options(name: str) -> list[str]:
     """The ``dvc exp run`` options (``-S key=value``, values in YAML) of a named preset."""
     return [part for key, value in _preset(name).items() for part in ("-S", f"{key}={json.dumps(value)}")]
-
-
-def with_preset(raw: dict, name: str) -> dict:
-    """A copy of raw params (as read from params.yaml) with a named preset's keys set."""
-    result = copy.deepcopy(raw)
-    for key, value in _preset(name).items():
-        *sections, leaf = key.split(".")
-        node = result
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[leaf] = value
-    return result
 
 
 def load_params(path: Path | str = DEFAULT_PARAMS_PATH) -> Params:

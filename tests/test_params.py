@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.errors import ParamsError
-from pipeline.params import GLUE_DIR_ENV, PRESETS, load_params, preset_options, with_preset
+from pipeline.params import GLUE_DIR_ENV, PRESETS, load_params, preset_options
 from tests.conftest import REPO_ROOT
 
 
@@ -18,6 +18,17 @@ def write(tmp_path: Path, content: dict | str) -> Path:
 
 def repo_params() -> dict:
     return yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+
+
+def with_preset(raw: dict, name: str) -> dict:
+    """raw params with a named preset's dotted keys set, as `dvc exp run -S` sets them."""
+    for key, value in PRESETS[name].items():
+        *sections, leaf = key.split(".")
+        node = raw
+        for section in sections:
+            node = node[section]
+        node[leaf] = value
+    return raw
 
 
 def test_repo_params_load_with_paper_defaults():

@@ -4,9 +4,9 @@ The student (shared layers + one head per task) learns from each task's logit sh
 teacher (``mkd.teacher: multitask``) or by the single-task teachers (``single``) — with every mini-batch from one
 task. Optional per-task fine-tuning then starts from the jointly distilled weights and yields one model per task; a
 task keeps the fine-tuned model only if it beats the joint model on that task's dev score (``task_score``, as
-``compare`` ranks). One process, or DDP under
-``torchrun`` / ``accelerate launch`` (every process reads all rows and trains on its share of each batch). The joint
-run and each fine-tuning checkpoint every epoch, so a killed stage run again resumes where it stopped.
+``compare`` ranks). One process, or DDP under ``torchrun`` / ``accelerate launch`` (every process reads all rows and
+trains on its share of each batch). The joint run and each fine-tuning checkpoint every epoch, so a killed stage run
+again resumes where it stopped.
 """
 
 from __future__ import annotations

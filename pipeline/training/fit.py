@@ -122,9 +122,8 @@ def fit(
     """Train ``model`` on every task in ``data`` with early stopping; load the best epoch's weights into it.
 
     The early-stopping score is the mean over tasks of each task's GLUE-convention dev score (``task_score``; a NaN
-    counts as worst). The main
-    process logs the epochs to DVCLive in ``log_dir``. With ``checkpoints``, every epoch is checkpointed and a run
-    finds its latest checkpoint and continues from there.
+    counts as worst). The main process logs the epochs to DVCLive in ``log_dir``. With ``checkpoints``, every epoch
+    is checkpointed and a run finds its latest checkpoint and continues from there.
     """
     main = accelerator.is_main_process
     if accelerator.num_processes > 1:
@@ -185,8 +184,8 @@ def _train_epoch(
     row over all processes, overall (key ``""``) and of each task (to see how tasks interfere)."""
     device, processes = accelerator.device, accelerator.num_processes
     forward.train()
-    names = list(data)
-    total, rows_seen = torch.zeros(len(names), device=device), torch.zeros(len(names), device=device)
+    slots = {name: slot for slot, name in enumerate(data)}  # each task's entry in the loss and row sums
+    total, rows_seen = torch.zeros(len(slots), device=device), torch.zeros(len(slots), device=device)
     for task, batch in tqdm(batches, desc=desc, unit="batch", disable=not accelerator.is_main_process):
         item = data[task]
         rows, counted = process_rows(batch, accelerator)
@@ -200,14 +199,13 @@ def _train_epoch(
         for scheduler in schedulers:
             scheduler.step()
         if counted:
-            slot = names.index(task)
-            total[slot] += loss.detach() * counted
-            rows_seen[slot] += counted
+            total[slots[task]] += loss.detach() * counted
+            rows_seen[slots[task]] += counted
         trace.record(epoch, task, rows[:counted])
     if processes > 1:
         total, rows_seen = accelerator.reduce(torch.stack([total, rows_seen]), "sum")
     losses = {"": (total.sum() / rows_seen.sum()).item()}
-    losses.update({name: (total[i] / rows_seen[i]).item() for i, name in enumerate(names) if rows_seen[i] > 0})
+    losses.update({name: (total[i] / rows_seen[i]).item() for name, i in slots.items() if rows_seen[i] > 0})
     return losses
 
 

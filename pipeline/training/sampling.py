@@ -67,14 +67,18 @@ class TaskBatchSampler:
         self.batch_sizes = dict(batch_sizes)
         self.scheme = scheme
         shares = task_probabilities({t: len(v) for t, v in self.lengths.items()}, scheme, temperature)
-        batch_rows = {t: len(v) / -(-len(v) // self.batch_sizes[t]) for t, v in self.lengths.items()}  # last is short
+        batch_rows = {t: len(v) / self._batch_count(t) for t, v in self.lengths.items()}  # the last batch is short
         self.probabilities = batch_probabilities(shares, batch_rows)  # of a batch's task
         self.rng = np.random.default_rng(seed)
         self._unread: dict[str, deque[np.ndarray]] = {task: deque() for task in self.lengths}  # current pass
 
+    def _batch_count(self, task: str) -> int:
+        """Batches in one pass over ``task``'s rows."""
+        return -(-len(self.lengths[task]) // self.batch_sizes[task])
+
     def batches_per_epoch(self) -> int:
         """Batches in one epoch: enough to cover every row of every task once."""
-        return sum(-(-len(values) // self.batch_sizes[task]) for task, values in self.lengths.items())
+        return sum(self._batch_count(task) for task in self.lengths)
 
     def epoch(self) -> list[TaskBatch]:
         """The next epoch's batches, in training order."""
