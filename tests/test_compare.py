@@ -1,4 +1,5 @@
-"""compare's quality-vs-speed points and their PNG (the stage itself runs in tests/test_pipeline_pairs_e2e.py)."""
+"""compare's data label, quality-vs-speed points and their PNG (the stage itself runs in
+tests/test_pipeline_pairs_e2e.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import pytest
 
-from pipeline.stages.compare import plot_quality_vs_speed, quality_vs_speed
+from pipeline.stages.compare import data_comparison, plot_quality_vs_speed, quality_vs_speed
 
 
 def fake_summary() -> dict:
@@ -42,3 +43,16 @@ def test_plot_is_a_png_written_whole(tmp_path):
     plot_quality_vs_speed(quality_vs_speed(fake_summary()), target)
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and target.stat().st_size > 10_000
     assert [path.name for path in target.parent.iterdir()] == [target.name]  # no temporary file left
+
+
+def test_data_label_names_the_rows_each_mkd_architecture_had_where_they_differ():
+    rows = {
+        "sst2": {"student": 1000, "mkd_bilstm_joint": 120, "mkd_bilstm": 120, "mkd_transformer_joint": 30},
+        "rte": {"student": 50, "mkd_bilstm_joint": 50, "mkd_bilstm": 50, "mkd_transformer_joint": 30},
+    }  # fmt: skip
+    assert data_comparison(rows) == (
+        "unequal data: transfer rows against the Tang student's (MKD data budget): MKD bilstm: sst2 120 of 1,000 "
+        "(12%); MKD transformer: sst2 30 of 1,000 (3%), rte 30 of 50 (60%)"
+    )
+    equal = {task: dict.fromkeys(counts, counts["student"]) for task, counts in rows.items()}
+    assert data_comparison(equal).startswith("equal data:")

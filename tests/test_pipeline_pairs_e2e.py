@@ -147,6 +147,11 @@ def test_repro_runs_every_stage_of_every_task(project):
         assert set(comparison["score"][model]) == set(FIRST_TASKS)
         assert comparison["speed_over_single_teacher"][model]["sst2"]["batch_1"] > 0
     assert "| MKD biattentive |" in (project / "metrics" / "comparison.md").read_text()
+    # the tiny tasks are under the MKD budgets: every distilled student had its task's whole transfer set
+    assert (project / "metrics" / "comparison.md").read_text().startswith("Comparison: equal data: ")
+    for task in FIRST_TASKS:
+        transfer = json.loads((project / "data" / "logits" / "single" / task / "_manifest.json").read_text())
+        assert set(comparison["transfer_rows"][task].values()) == {transfer["num_rows"]}
     points = json.loads((project / "metrics" / "quality_vs_speed.json").read_text())
     assert len(points) == len(comparison["models"]) and all(point["sentences_per_second"] > 0 for point in points)
     assert (project / "metrics" / "quality_vs_speed.png").read_bytes()[:4] == b"\x89PNG"

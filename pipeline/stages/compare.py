@@ -6,6 +6,7 @@ CPU throughput."""
 from __future__ import annotations
 
 import statistics
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ from pipeline.data.metrics import task_score
 from pipeline.data.prepared import dev_splits
 from pipeline.data.tasks import Task, resolve_task
 from pipeline.params import Params
-from pipeline.serving.catalogue import JOINT_SUFFIX, MKD_PREFIX, multi_task_models, single_task_models
+from pipeline.serving.catalogue import JOINT_SUFFIX, MKD_PREFIX, ModelSource, multi_task_models, single_task_models
 from pipeline.stages.evaluate import evaluate_models
+from pipeline.students.architectures import read_student_config
 
 REFERENCE_TEACHER = "teacher"
 REFERENCE_STUDENT = "student"
@@ -47,15 +49,39 @@ def dev_score(task: Task, report: dict[str, Any], model: str) -> float:
     return 100 * statistics.fmean(task_score(task, report["quality"][split][model]) for split in task.dev_splits)
 
 
+def transfer_rows(task: Task, sources: dict[str, ModelSource]) -> dict[str, int]:
+    """The transfer rows of ``task`` each distilled student (Tang's, every MKD model; not the exported copies) trained
+    on, from its saved training summary."""
+    return {
+        name: read_student_config(source.path)["training"]["train_rows"][task.name]
+        for name, source in sources.items()
+        if (name == REFERENCE_STUDENT or name.startswith(MKD_PREFIX)) and "-" not in name
+    }
+
+
+def data_comparison(rows: dict[str, dict[str, int]]) -> str:
+    """Which comparison the tables are, from ``rows`` (task -> student -> transfer rows): "equal data" when every
+    distilled student trained on the Tang student's rows of every task, else what each MKD architecture had instead."""
+    differences: dict[str, dict[str, str]] = defaultdict(dict)  # architecture -> task -> rows (joint = fine-tuned)
+    for task, counts in rows.items():
+        reference = counts[REFERENCE_STUDENT]
+        for model, count in counts.items():
+            if count != reference:
+                entry = f"{task} {count:,} of {reference:,} ({count / reference:.0%})"
+                differences[display_name(model.removesuffix(JOINT_SUFFIX))][task] = entry
+    if not differences:
+        return "equal data: every distilled student trained on the Tang student's transfer rows of every task"
+    details = "; ".join(f"{model}: {', '.join(entries.values())}" for model, entries in differences.items())
+    return f"unequal data: transfer rows against the Tang student's (MKD data budget): {details}"
+
+
 def compare(params: Params) -> dict[str, Any]:
-    """Evaluate every model on every task's dev split(s); summarise scores, averages, sizes and speed ratios."""
+    """Evaluate every model on every task's dev split(s); summarise scores, averages, sizes, speed ratios and
+    whether the distilled students had the same data."""
     tasks = [resolve_task(name, params) for name in params.tasks]
-    reports = {
-        task.name: evaluate_models(
-            task, params, {**single_task_models(task, params), **multi_task_models(task, params)}, dev_splits(task)
-        )
-        for task in tasks
-    }  # fmt: skip
+    sources = {task.name: {**single_task_models(task, params), **multi_task_models(task, params)} for task in tasks}
+    reports = {task.name: evaluate_models(task, params, sources[task.name], dev_splits(task)) for task in tasks}
+    rows = {task.name: transfer_rows(task, sources[task.name]) for task in tasks}
     models = reports[tasks[0].name]["models"]
     scores = {model: {task.name: dev_score(task, reports[task.name], model) for task in tasks} for model in models}
     average = {model: statistics.fmean(values.values()) for model, values in scores.items()}
@@ -71,6 +97,8 @@ def compare(params: Params) -> dict[str, Any]:
     }
     return {
         "tasks": [task.name for task in tasks],
+        "comparison": data_comparison(rows),
+        "transfer_rows": rows,
         "models": models,
         "score": scores,
         "average": average,
@@ -141,11 +169,11 @@ def _metric_header(task: Task) -> str:
 
 
 def markdown_report(summary: dict[str, Any], tasks: list[Task]) -> str:
-    """Two Markdown tables: dev quality per task (``tasks``, as in the summary) with the average, and size and CPU
-    speed."""
+    """Which comparison it is (equal data or not), then two Markdown tables: dev quality per task (``tasks``, as in
+    the summary) with the average, and size and CPU speed."""
     reports = summary["reports"]
     header = ["model", *[_metric_header(task) for task in tasks], "average", "vs Tang students", "vs teachers"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [f"Comparison: {summary['comparison']}.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model in summary["models"]:
         cells = [display_name(model)]
         for task in tasks:
