@@ -160,6 +160,26 @@ def test_fine_tuning_is_kept_only_where_the_task_score_improves(mkd_params, tmp_
         assert same == kept_joint, task
 
 
+def test_a_joint_steps_budget_leaves_fine_tuning_at_finetune_epochs(mkd_params, tmp_path) -> None:
+    """With ``steps`` on the joint phase (3 epochs of 8 steps here), each task is still fine-tuned for
+    ``mkd.finetune_epochs`` (1) epoch, not for the epochs the budget would give its smaller data."""
+    from pipeline.stages.mkd import run_mkd
+
+    for task in ("sst2", "stsb"):
+        write_task(tmp_path, task, n_originals=30)
+    training = mkd_params.mkd.training.bilstm.model_copy(update={"steps": 24, "patience": 5})
+    params = mkd_params.model_copy(update={
+        "tasks": ["sst2", "stsb"],
+        "mkd": mkd_params.mkd.model_copy(update={
+            "training": mkd_params.mkd.training.model_copy(update={"bilstm": training})
+        }),
+    })  # fmt: skip
+    summary = run_mkd("bilstm", params, tmp_path / "logits", tmp_path / "prepared", tmp_path / "unused",
+                      tmp_path / "models", tmp_path / "logs", tmp_path / "finetune")  # fmt: skip
+    assert summary["multitask"]["epochs_run"] == 3  # 8 steps an epoch
+    assert [summary[task]["epochs_run"] for task in ("sst2", "stsb")] == [1, 1]  # the budget would give 6 each
+
+
 def test_joint_training_logs_each_tasks_loss(mkd_params, tmp_path) -> None:
     from pipeline.stages.mkd import run_mkd
 

@@ -132,7 +132,8 @@ def _distil_and_fine_tune(
         save_student(model, encoder, out_dir / paths.MKD_JOINT, summary[paths.MKD_JOINT])
 
     if params.mkd.finetune_epochs:
-        finetune_params = train_params.model_copy(update={"epochs": params.mkd.finetune_epochs})
+        # mkd.finetune_epochs alone sets the fine-tuning length, whatever steps budget the joint phase has
+        finetune_params = train_params.model_copy(update={"epochs": params.mkd.finetune_epochs, "steps": None})
         for task in tasks:
             tuned = copy.deepcopy(model)
             tuned.keep_tasks([task.name])
