@@ -16,7 +16,6 @@ python3 - "$dest" <<'PY'
 import lzma, shutil, sys
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save
 
 from pipeline.serving.teacher import resolve_checkpoint

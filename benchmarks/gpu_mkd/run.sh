@@ -27,10 +27,10 @@ print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transforme
 'accelerate', accelerate.__version__, 'pyarrow', pyarrow.__version__)" 2>&1 | tee -a "$OUT/gpu.txt"  || exit 1
 mkdir -p data && tar xJf .gpu/data.tar.xz || exit 1
 python3 - <<'EOF' || exit 1
-import torch
-from safetensors.torch import save_file
 import lzma
-from safetensors.torch import load
+
+from safetensors.torch import load, save_file
+
 weights = load(lzma.open(".gpu/minilm_fp16.safetensors.xz").read())
 save_file({k: (v.float() if v.is_floating_point() else v) for k, v in weights.items()}, ".gpu/minilm/model.safetensors")
 EOF
