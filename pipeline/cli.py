@@ -304,7 +304,7 @@ def preset(name: Annotated[str, typer.Argument(help="preset name, e.g. paper")])
     from pipeline.params import preset_options
 
     with _user_errors():
-        typer.echo(shlex.join(preset_options(name)))
+        typer.echo(" ".join(preset_options(name)))  # unquoted: $(...) splits words but removes no quotes
 
 
 @app.command()

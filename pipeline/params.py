@@ -105,8 +105,11 @@ class TeacherParams(_Section):
 
 
 class MtTeacherParams(_Section):
-    """How the multi-task teacher picks the task of each mini-batch (``pipeline.training.sampling``)."""
+    """Whether the pipeline builds the multi-task teacher, and how it picks the task of each mini-batch
+    (``pipeline.training.sampling``)."""
 
+    # ["multitask"]: dvc.yaml's mt_teacher and mt_score stages exist (a list: DVC drops a foreach stage over [])
+    build: list[Literal["multitask"]] = Field(default_factory=list, max_length=1)
     sampling: SamplingScheme = "proportional"
     temperature: float = Field(default=1.0, gt=0)
 
@@ -244,13 +247,15 @@ class MKDTrainingParams(_Section):
 class MKDParams(_Section):
     """Multi-task knowledge distillation (Liu et al.): one student per architecture for all tasks."""
 
-    teacher: Literal["multitask", "single"] = "multitask"  # whose logit shards the students learn from
+    # whose logit shards the students learn from: the single-task teachers' (measured better, issue 18) or the
+    # multi-task teacher's (Liu et al.; needs mt_teacher.build: [multitask])
+    teacher: Literal["multitask", "single"] = "single"
     students: list[Literal["biattentive", "transformer", "bilstm"]] = Field(
         default_factory=lambda: ["biattentive", "transformer", "bilstm"], min_length=1
     )
-    # Where students take WordPiece embeddings and Transformer layers from: the multi-task teacher's fine-tuned
-    # encoder (its [CLS] path is trained), or teacher.checkpoint as published.
-    init_from: Literal["mt_teacher", "checkpoint"] = "mt_teacher"
+    # Where students take WordPiece embeddings and Transformer layers from: teacher.checkpoint as published, or the
+    # multi-task teacher's fine-tuned encoder (its [CLS] path is trained; only with teacher: multitask).
+    init_from: Literal["mt_teacher", "checkpoint"] = "checkpoint"
     sampling: SamplingScheme = "proportional"
     temperature: float = Field(default=1.0, gt=0)  # sampling: temperature -> p_task ~ size ** (1 / temperature)
     alpha: float = Field(default=0.0, ge=0, le=1)  # as student.alpha
@@ -325,18 +330,32 @@ class Params(_Section):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _check_multitask_teacher(self) -> Params:
+        if self.mkd.init_from == "mt_teacher" and self.mkd.teacher != "multitask":
+            raise ValueError("mkd.init_from: mt_teacher needs mkd.teacher: multitask (the mkd stage reads its shards)")
+        if self.mkd.teacher == "multitask" and "multitask" not in self.mt_teacher.build:
+            raise ValueError("mkd.teacher: multitask needs the multi-task teacher: set mt_teacher.build: [multitask]")
+        if self.mt_teacher.build and self.mkd.teacher != "multitask":  # compare reaches it through the MKD students
+            raise ValueError("mt_teacher.build: [multitask] builds the teacher of mkd.teacher: multitask; set both")
+        return self
+
 
 # Named settings that differ from the defaults, as dotted params keys. `python -m pipeline preset NAME` prints them as
 # `dvc exp run` options: `dvc exp run $(python -m pipeline preset paper)`.
 PRESETS: dict[str, dict[str, object]] = {
-    # Tang et al.'s KD student on sentence pairs: batch 256 (the paper's MNLI/QQP batch), 10 synthetic pairs per
-    # original, 3 epochs and no step budget (this project's defaults before issue 19)
+    # The published settings where the defaults depart from them. Tang et al.'s KD student on sentence pairs: batch 256
+    # (the paper's MNLI/QQP batch), 10 synthetic pairs per original, 3 epochs and no step budget (this project's
+    # defaults before issue 19)
     "paper": {
         "student.batch_size_pair": 256,
         "student.steps": None,
         "student.epochs": 3,
         "student.patience": 2,
         "augment.n_iter_pair": 10,
+        # MKD (Liu et al.): students learn from the multi-task teacher (this project's default before issue 18)
+        "mt_teacher.build": ["multitask"],
+        "mkd.teacher": "multitask",
     },
 }
 
@@ -348,8 +367,10 @@ def _preset(name: str) -> dict[str, object]:
 
 
 def preset_options(name: str) -> list[str]:
-    """The ``dvc exp run`` options (``-S key=value``, values in YAML) of a named preset."""
-    return [part for key, value in _preset(name).items() for part in ("-S", f"{key}={json.dumps(value)}")]
+    """The ``dvc exp run`` options (``-S key=value``, values in JSON without spaces: one shell word each) of a named
+    preset."""
+    options = _preset(name).items()
+    return [part for key, value in options for part in ("-S", f"{key}={json.dumps(value, separators=(',', ':'))}")]
 
 
 def load_params(path: Path | str = DEFAULT_PARAMS_PATH) -> Params:

@@ -122,6 +122,12 @@ LEARNING = {
 }
 
 
+# Sections for tiny_params that build the multi-task teacher and distil the MKD students from its shards, initialised
+# from its encoder (Liu et al.'s MKD, as `preset paper` sets it): the end-to-end tests on GLUE tasks run this path,
+# the one on your own data the defaults (the MKD students learn from the single-task teachers' shards).
+MULTITASK = {"mt_teacher": {"build": ["multitask"]}, "mkd": {"teacher": "multitask", "init_from": "mt_teacher"}}
+
+
 def copy_project(dest: Path) -> Path:
     """Copy the pipeline's sources (not data or models) into ``dest`` as a fresh git + DVC project."""
     dest.mkdir(parents=True, exist_ok=True)

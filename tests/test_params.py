@@ -112,6 +112,24 @@ def test_mt_teacher_and_accumulation_params_are_validated(tmp_path):
         load_params(write(tmp_path, raw))
 
 
+def test_mkd_learns_from_the_single_task_teachers_unless_the_multitask_teacher_is_built(tmp_path):
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert (params.mkd.teacher, params.mkd.init_from, params.mt_teacher.build) == ("single", "checkpoint", [])
+    paper = load_params(write_preset(tmp_path, "paper"))  # Liu et al.'s MKD: the multi-task teacher, built
+    assert (paper.mkd.teacher, paper.mt_teacher.build) == ("multitask", ["multitask"])
+    raw = repo_params()
+    raw["mkd"]["teacher"] = "multitask"  # without its stages, the mkd stage would miss data/logits/multitask
+    with pytest.raises(ParamsError, match=r"mkd.teacher: multitask needs .* mt_teacher.build: \[multitask\]"):
+        load_params(write(tmp_path, raw))
+    raw = repo_params()
+    raw["mt_teacher"]["build"] = ["multitask"]  # a teacher no MKD student learns from: compare would not depend on it
+    with pytest.raises(ParamsError, match=r"mt_teacher.build: \[multitask\] builds the teacher of mkd.teacher"):
+        load_params(write(tmp_path, raw))
+    raw["mkd"]["init_from"] = "mt_teacher"  # its encoder, while the single-task teachers teach: not a dependency
+    with pytest.raises(ParamsError, match=r"mkd.init_from: mt_teacher needs mkd.teacher: multitask"):
+        load_params(write(tmp_path, raw))
+
+
 def test_inference_precision_is_separate_from_training_precision(tmp_path):
     params = load_params(REPO_ROOT / "params.yaml")
     assert (params.score.precision, params.teacher.mixed_precision) == ("fp32", "auto")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import LEARNING, copy_project, init_project, tiny_params, write_sst2
+from tests.conftest import LEARNING, MULTITASK, copy_project, init_project, tiny_params, write_sst2
 from tests.recompute import Dev, assert_same_metrics, recompute
 
 pytestmark = pytest.mark.e2e  # the real stages in a tmp DVC project: dvc repro/status, python -m pipeline
@@ -24,7 +24,7 @@ STAGE_RUN = re.compile(r"Running stage '([^']+)'")
 MKD_STAGES = {
     f"{stage}@{student}" for stage in ("mkd", "export_mkd") for student in ("biattentive", "transformer", "bilstm")
 }
-MULTI_TASK_STAGES = {"mt_teacher", *MKD_STAGES, "compare"}
+MULTI_TASK_STAGES = {"mt_teacher@multitask", *MKD_STAGES, "compare"}
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -46,7 +46,7 @@ def stages_run(result: subprocess.CompletedProcess) -> set[str]:
 
 def stale_stages(status: str) -> set[str]:
     """Exact stage names listed by ``dvc status`` (lines ``name:`` without indentation; their changed deps, outs
-    and params are the indented lines below), so ``score@sst2`` is not found inside ``mt_score@sst2``."""
+    and params are the indented lines below), so ``score@sst2`` is not found inside ``mt_score@sst2-multitask``."""
     return {line[:-1] for line in status.splitlines() if line.endswith(":") and not line[0].isspace()}
 
 
@@ -83,7 +83,7 @@ def project(tmp_path_factory, tiny_bert_dir) -> Path:
     root = tmp_path_factory.mktemp("e2e")
     glue = write_sst2(root / "glue", n_train=60, n_dev=30)
     proj = copy_project(root / "proj")
-    params = tiny_params(glue, tiny_bert_dir, **LEARNING)  # models that tell rows apart: their metrics can be checked
+    params = tiny_params(glue, tiny_bert_dir, **LEARNING, **MULTITASK)  # models that tell rows apart: metrics checkable
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     init_project(proj)
     return proj
@@ -91,10 +91,8 @@ def project(tmp_path_factory, tiny_bert_dir) -> Path:
 
 def test_repro_runs_every_stage_and_reports_metrics(project):
     result = dvc("repro", cwd=project)
-    assert stages_run(result) == MULTI_TASK_STAGES | {
-        f"{stage}@sst2"
-        for stage in ("prepare", "teacher", "augment", "score", "mt_score", "student", "baseline", "export", "evaluate")
-    }
+    single_task = ("prepare", "teacher", "augment", "score", "student", "baseline", "export", "evaluate")
+    assert stages_run(result) == MULTI_TASK_STAGES | {"mt_score@sst2-multitask"} | {f"{s}@sst2" for s in single_task}
     report = json.loads((project / "metrics" / "report" / "sst2.json").read_text())
     headline = json.loads((project / "metrics" / "sst2.json").read_text())  # the declared DVC metric
     dev_quality = report["quality"]["dev"]
@@ -153,7 +151,7 @@ def test_augment_param_reruns_only_downstream_stages(project):
     assert stages_run(result) == {
         "augment@sst2",
         "score@sst2",
-        "mt_score@sst2",
+        "mt_score@sst2-multitask",
         "student@sst2",
         "export@sst2",
         "evaluate@sst2",
@@ -169,16 +167,17 @@ def test_student_param_reruns_only_student_and_evaluate(project):
 
 def test_inference_precision_reruns_scoring_and_training_precision_the_teacher(project):
     set_params(project, "score", precision="bf16")
-    # exact names: a substring test would find "score@sst2" in "mt_score@sst2" with the score stage itself not stale
+    # exact names: a substring test would find "score@sst2" in "mt_score@sst2-multitask" with score@sst2 not stale
     assert stale_stages(dvc("status", cwd=project).stdout) == {
         "score@sst2",
-        "mt_score@sst2",
+        "mt_score@sst2-multitask",
         "evaluate@sst2",
         "compare",
     }  # every stage that runs the teacher for inference
     set_params(project, "score", precision="fp32")
     set_params(project, "teacher", mixed_precision="bf16")
-    assert stale_stages(dvc("status", cwd=project).stdout) == {"teacher@sst2", "mt_teacher"}  # the trainings only
+    trainings = {"teacher@sst2", "mt_teacher@multitask"}
+    assert stale_stages(dvc("status", cwd=project).stdout) == trainings  # the trainings only
     set_params(project, "teacher", mixed_precision="auto")
     assert up_to_date(dvc("status", cwd=project).stdout)
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline.data.tasks import get_task
-from tests.conftest import LEARNING, copy_project, init_project, tiny_params
+from tests.conftest import LEARNING, MULTITASK, copy_project, init_project, tiny_params
 from tests.glue_fixtures import write_glue
 from tests.recompute import TOLERANCE, Dev, assert_same_metrics, recompute
 from tests.test_pipeline_e2e import dvc, stages_run, stale_stages, up_to_date
@@ -24,7 +24,7 @@ MODELS = ("teacher", "student", "baseline", "tfidf", "student-onnx", "student-in
 FIRST_TASKS = ["sst2", "qqp", "stsb"]
 MKD_STUDENTS = ("biattentive", "transformer", "bilstm")
 MULTI_TASK_STAGES = {
-    "mt_teacher",
+    "mt_teacher@multitask",
     *(f"{stage}@{s}" for stage in ("mkd", "export_mkd") for s in MKD_STUDENTS),
     "compare",
 }
@@ -45,7 +45,8 @@ def set_mkd_epochs(project, student: str, epochs: int) -> None:
 
 
 def stage_names(*tasks: str) -> set[str]:
-    return {f"{stage}@{task}" for stage in STAGES for task in tasks}
+    """Every per-task stage of ``tasks``; the multi-task teacher's scoring is a matrix stage, named with its teacher."""
+    return {f"{stage}@{task}" + ("-multitask" if stage == "mt_score" else "") for stage in STAGES for task in tasks}
 
 
 def metric_columns(shown: dict) -> set[str]:
@@ -90,7 +91,7 @@ def project(tmp_path_factory, tiny_bert_dir):
     # Every task's data is there from the start: the prepare stages depend on the whole GLUE folder.
     glue = write_glue(root / "glue", [*FIRST_TASKS, "rte", "mnli"], n_train=40, n_dev=16)
     proj = copy_project(root / "proj")
-    params = tiny_params(glue, tiny_bert_dir, **LEARNING)  # models that tell rows apart
+    params = tiny_params(glue, tiny_bert_dir, **LEARNING, **MULTITASK)  # models that tell rows apart
     params["tasks"] = FIRST_TASKS
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     init_project(proj)
@@ -196,7 +197,7 @@ def test_adding_a_task_reruns_multi_task_stages_and_its_own(project):
     tasks = [*FIRST_TASKS, "rte"]
     set_tasks(project, tasks)
     result = dvc("repro", cwd=project)
-    mt_scores = {f"mt_score@{task}" for task in tasks}  # the multi-task teacher changed: it rescored every task
+    mt_scores = {f"mt_score@{task}-multitask" for task in tasks}  # the multi-task teacher changed: every task rescored
     assert stages_run(result) == stage_names("rte") | MULTI_TASK_STAGES | mt_scores
     check_report(project, "rte", ("dev",), {"accuracy": (0, 1)})
     summary = json.loads((project / "metrics" / "comparison_summary.json").read_text())
@@ -206,9 +207,9 @@ def test_adding_a_task_reruns_multi_task_stages_and_its_own(project):
 def test_mnli_reports_matched_and_mismatched_dev(project):
     set_tasks(project, [*FIRST_TASKS, "rte", "mnli"])
     result = dvc("repro", "evaluate", cwd=project)
-    assert stages_run(result) == stage_names("mnli") - {"mt_score@mnli"}
+    assert stages_run(result) == stage_names("mnli") - {"mt_score@mnli-multitask"}
     report = check_report(project, "mnli", ("dev_matched", "dev_mismatched"), {"accuracy": (0, 1)})
     assert report["speed_examples"] == 16
     for split in ("dev_matched", "dev_mismatched"):
         assert (project / "data" / "prepared" / "mnli" / f"{split}.parquet").is_file()
-    assert stale_stages(dvc("status", cwd=project).stdout) == MULTI_TASK_STAGES | {"mt_score@mnli"}
+    assert stale_stages(dvc("status", cwd=project).stdout) == MULTI_TASK_STAGES | {"mt_score@mnli-multitask"}

@@ -9,6 +9,8 @@ params = yaml.safe_load(Path("params.yaml").read_text())
 params["teacher"]["checkpoint"] = ".gpu/minilm"  # the packaged MiniLM, carried as fp16 and restored to fp32
 params["score"]["batch_size"] = 512
 params["mkd"]["max_originals_per_task"] = None  # mt_score scores every row; each MKD run applies its own budget
+params["mt_teacher"]["build"] = ["multitask"]  # this run measures MKD with its own teacher (`preset paper`)
+params["mkd"]["teacher"] = "multitask"
 if os.environ.get("SMOKE"):  # a CPU rehearsal of this script on tiny data: one epoch everywhere
     params["teacher"]["epochs"] = 1
     for training in params["mkd"]["training"].values():

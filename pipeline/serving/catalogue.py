@@ -249,9 +249,10 @@ def single_task_models(task: Task, params: Params) -> dict[str, ModelSource]:
 
 
 def multi_task_models(task: Task, params: Params) -> dict[str, ModelSource]:
-    """The multi-task teacher's ``task`` model and each MKD student: jointly distilled, as the task uses it (when
-    ``mkd.finetune_epochs`` fine-tunes it per task), and its exported variants (``mkd_<architecture>-onnx``, ...)."""
-    names = ["mt_teacher"]
+    """The multi-task teacher's ``task`` model (when ``mt_teacher.build`` has it) and each MKD student: jointly
+    distilled, as the task uses it (when ``mkd.finetune_epochs`` fine-tunes it per task), and its exported variants
+    (``mkd_<architecture>-onnx``, ...)."""
+    names = ["mt_teacher"] if "multitask" in params.mt_teacher.build else []
     for architecture in params.mkd.students:
         prefix = MKD_PREFIX + architecture
         names.append(prefix + JOINT_SUFFIX)
