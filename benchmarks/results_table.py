@@ -1,6 +1,6 @@
 """Print README's results tables from a finished run: dev metrics, size and speed per task, and stage wall times.
 
-Reads what ``dvc repro`` left in the workspace: ``metrics/<task>.json`` (the evaluate stage, for every task in
+Reads what ``dvc repro`` left in the workspace: ``metrics/report/<task>.json`` (the evaluate stage, for every task in
 params.yaml that has one) and the JSON of ``benchmarks/stage_times.py``. Published figures (Tang et al. 2019, GLUE
 test; DistilBERT, GLUE dev; from ../shared/docs/method.md) are printed beside ours where they exist.
 
@@ -27,11 +27,12 @@ SINGLE_TASK_STAGES = ("prepare", "teacher", "augment", "score", "student", "base
 
 
 def read_reports(tasks: list[str], metrics_dir: Path) -> dict[str, dict[str, Any]]:
-    """The evaluate stage's report of every task that has one, in ``tasks`` order."""
+    """The evaluate stage's full report (``metrics/report/<task>.json``) of every task that has one, in ``tasks``
+    order."""
     return {
-        task: json.loads((metrics_dir / f"{task}.json").read_text(encoding="utf-8"))
+        task: json.loads((metrics_dir / "report" / f"{task}.json").read_text(encoding="utf-8"))
         for task in tasks
-        if (metrics_dir / f"{task}.json").is_file()
+        if (metrics_dir / "report" / f"{task}.json").is_file()
     }
 
 
@@ -126,7 +127,7 @@ def main() -> None:
     if reports:
         print(quality_table(reports), "", speed_table(reports), sep="\n")
     if missing:
-        print(f"\nNo evaluate report (metrics/<task>.json) for: {', '.join(missing)}")
+        print(f"\nNo evaluate report (metrics/report/<task>.json) for: {', '.join(missing)}")
     if args.stage_times:
         seconds = json.loads(args.stage_times.read_text(encoding="utf-8"))["seconds"]
         print("", stage_table(seconds, tasks), sep="\n")

@@ -74,16 +74,17 @@ def test_stage_table_totals_per_task_and_single_task_sum():
 
 
 def test_script_reads_workspace_and_names_tasks_without_report(tmp_path):
-    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "report").mkdir(parents=True)
     (tmp_path / "params.yaml").write_text("tasks: [sst2, cola]\n", encoding="utf-8")
     sst2 = report("sst2", {"teacher": {"accuracy": 0.9}, "student": {"accuracy": 0.88},
                            "baseline": {"accuracy": 0.8}})  # fmt: skip
-    (tmp_path / "metrics" / "sst2.json").write_text(json.dumps(sst2), encoding="utf-8")
+    (tmp_path / "metrics" / "report" / "sst2.json").write_text(json.dumps(sst2), encoding="utf-8")  # evaluate's
+    (tmp_path / "metrics" / "sst2.json").write_text(json.dumps({"student": 0.9}), encoding="utf-8")  # headline only
     (tmp_path / "times.json").write_text(json.dumps({"seconds": {"teacher@sst2": 60.0}}), encoding="utf-8")
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--stage-times", "times.json"], cwd=tmp_path, capture_output=True, text=True,
         check=True,
     )  # fmt: skip
     assert "| sst2 | accuracy | 90.0 | 88.0 | 80.0 | +8.0 | -2.0 |" in result.stdout
-    assert "No evaluate report (metrics/<task>.json) for: cola" in result.stdout
+    assert "No evaluate report (metrics/report/<task>.json) for: cola" in result.stdout
     assert "Single-task stages: 1.0 min" in result.stdout
