@@ -122,9 +122,9 @@ LEARNING = {
 }
 
 
-# Sections for tiny_params that build the multi-task teacher and distil the MKD students from its shards, initialised
-# from its encoder (Liu et al.'s MKD, as `preset paper` sets it): the end-to-end tests on GLUE tasks run this path,
-# the one on your own data the defaults (the MKD students learn from the single-task teachers' shards).
+# Sections for tiny_params that build the multi-task teacher and distil the MKD students from its shards (Liu et al.'s
+# MKD, as `preset paper` sets it), here also initialised from its encoder: the end-to-end tests on GLUE tasks run
+# this path, the one on your own data the defaults (the MKD students learn from the single-task teachers' shards).
 MULTITASK = {"mt_teacher": {"build": ["multitask"]}, "mkd": {"teacher": "multitask", "init_from": "mt_teacher"}}
 
 
