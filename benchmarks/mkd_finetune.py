@@ -3,7 +3,8 @@
 Starts from a saved MKD model (e.g. ``models/mkd/bilstm/multitask``), keeps the task's head, and trains it on all
 of the task's single-teacher transfer rows with the ``student:`` params (steps budget, patience): does joint
 distillation give a better start than the Tang student's? Prints the dev curve and the best dev score (GLUE
-convention); ``--out`` also writes them as JSON. Run from a workspace with the task's shards and prepared dev split.
+convention); ``--out`` also writes them as JSON, DVCLive its curves to ``dvclive/mkd_finetune/<task>``. Run from a
+workspace with the task's shards and prepared dev split.
 
     python benchmarks/mkd_finetune.py models/mkd/bilstm/multitask cola --out mkd_finetune_cola.json
 """
