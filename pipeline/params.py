@@ -225,10 +225,17 @@ class StudentParams(TrainParams):
     alpha: float = Field(default=0.0, ge=0, le=1)
 
 
+# Where an MKD student's WordPiece embeddings (and the transformer's layers) start: teacher.checkpoint (as published),
+# the multi-task teacher's fine-tuned encoder, or the element-wise mean of the single-task teachers of `tasks` (all
+# fine-tuned from teacher.checkpoint: one encoder that has seen every task, without a multi-task teacher)
+InitSource = Literal["checkpoint", "mt_teacher", "teachers"]
+
+
 class MKDStudentTraining(TrainParams):
-    """Joint distillation of one MKD architecture: training settings and an optional smaller data budget."""
+    """Joint distillation of one MKD architecture: training settings, an optional smaller data budget and start."""
 
     max_originals_per_task: int | None = Field(default=None, gt=0)  # within mkd.max_originals_per_task (nested)
+    init_from: InitSource | None = None  # this architecture's start; None: mkd.init_from
 
 
 class MKDTrainingParams(_Section):
@@ -240,7 +247,7 @@ class MKDTrainingParams(_Section):
     )
     transformer: MKDStudentTraining = MKDStudentTraining(
         optimizer="adamw", learning_rate=1e-4, batch_size=32, batch_size_pair=32, weight_decay=0.01,
-        schedule="linear", warmup_ratio=0.1, epochs=2,
+        schedule="linear", warmup_ratio=0.1, epochs=2, init_from="teachers",
     )  # fmt: skip
 
 
@@ -253,15 +260,17 @@ class MKDParams(_Section):
     students: list[Literal["biattentive", "transformer", "bilstm"]] = Field(
         default_factory=lambda: ["biattentive", "transformer", "bilstm"], min_length=1
     )
-    # Where students take WordPiece embeddings and Transformer layers from: teacher.checkpoint as published, or the
-    # multi-task teacher's fine-tuned encoder (its [CLS] path is trained; only with teacher: multitask).
-    init_from: Literal["mt_teacher", "checkpoint"] = "checkpoint"
+    init_from: InitSource = "checkpoint"  # every architecture's start unless mkd.training.<architecture> sets one
     sampling: SamplingScheme = "proportional"
     temperature: float = Field(default=1.0, gt=0)  # sampling: temperature -> p_task ~ size ** (1 / temperature)
     alpha: float = Field(default=0.0, ge=0, le=1)  # as student.alpha
     max_originals_per_task: int | None = Field(default=None, gt=0)  # transfer rows of a seeded subset of originals
     finetune_epochs: int = Field(default=1, ge=0)  # per-task fine-tuning after joint distillation; 0 = off
     training: MKDTrainingParams = MKDTrainingParams()
+
+    def init_source(self, architecture: str) -> InitSource:
+        """Where ``architecture``'s student starts: its own ``init_from``, else ``mkd.init_from``."""
+        return getattr(self.training, architecture).init_from or self.init_from
 
 
 class EvaluateParams(_Section):
@@ -332,8 +341,11 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _check_multitask_teacher(self) -> Params:
-        if self.mkd.init_from == "mt_teacher" and self.mkd.teacher != "multitask":
-            raise ValueError("mkd.init_from: mt_teacher needs mkd.teacher: multitask (the mkd stage reads its shards)")
+        for architecture in self.mkd.students:
+            if self.mkd.init_source(architecture) == "mt_teacher" and self.mkd.teacher != "multitask":
+                own = getattr(self.mkd.training, architecture).init_from
+                key = f"mkd.training.{architecture}.init_from" if own else "mkd.init_from"
+                raise ValueError(f"{key}: mt_teacher needs mkd.teacher: multitask (the mkd stage reads its shards)")
         if self.mkd.teacher == "multitask" and "multitask" not in self.mt_teacher.build:
             raise ValueError("mkd.teacher: multitask needs the multi-task teacher: set mt_teacher.build: [multitask]")
         if self.mt_teacher.build and self.mkd.teacher != "multitask":  # compare reaches it through the MKD students
@@ -356,6 +368,7 @@ PRESETS: dict[str, dict[str, object]] = {
         # MKD (Liu et al.): students learn from the multi-task teacher (this project's default before issue 18)
         "mt_teacher.build": ["multitask"],
         "mkd.teacher": "multitask",
+        "mkd.training.transformer.init_from": None,  # every student starts from mkd.init_from (teacher.checkpoint)
     },
 }
 

@@ -115,8 +115,15 @@ def test_mt_teacher_and_accumulation_params_are_validated(tmp_path):
 def test_mkd_learns_from_the_single_task_teachers_unless_the_multitask_teacher_is_built(tmp_path):
     params = load_params(REPO_ROOT / "params.yaml")
     assert (params.mkd.teacher, params.mkd.init_from, params.mt_teacher.build) == ("single", "checkpoint", [])
+    starts = {"biattentive": "checkpoint", "transformer": "teachers", "bilstm": "checkpoint"}
+    assert {architecture: params.mkd.init_source(architecture) for architecture in params.mkd.students} == starts
     paper = load_params(write_preset(tmp_path, "paper"))  # Liu et al.'s MKD: the multi-task teacher, built
     assert (paper.mkd.teacher, paper.mt_teacher.build) == ("multitask", ["multitask"])
+    assert {paper.mkd.init_source(architecture) for architecture in paper.mkd.students} == {"checkpoint"}
+    raw = repo_params()
+    raw["mkd"]["training"]["transformer"]["init_from"] = "mt_teacher"  # not built: named by the architecture's key
+    with pytest.raises(ParamsError, match=r"mkd.training.transformer.init_from: mt_teacher needs mkd.teacher: multi"):
+        load_params(write(tmp_path, raw))
     raw = repo_params()
     raw["mkd"]["teacher"] = "multitask"  # without its stages, the mkd stage would miss data/logits/multitask
     with pytest.raises(ParamsError, match=r"mkd.teacher: multitask needs .* mt_teacher.build: \[multitask\]"):

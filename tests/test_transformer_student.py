@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import BertForSequenceClassification, BertModel
+from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 from pipeline.data.tasks import get_task
 from pipeline.params import Params, TransformerParams
@@ -227,3 +227,44 @@ def test_onnx_export_matches_with_dynamic_axes(tiny_bert_dir: Path, tmp_path: Pa
     with torch.no_grad():
         expected = wrapper(*(batch[name] for name in names)).numpy()
     np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+
+
+def fine_tuned_copy(tiny_bert_dir: Path, out: Path, seed: int, num_labels: int) -> Path:
+    """The tiny BERT fine-tuned (perturbed) for a task of ``num_labels`` outputs."""
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=num_labels)
+    with torch.no_grad():
+        for parameter in model.bert.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    model.save_pretrained(out)
+    copy_tokenizer(tiny_bert_dir, out)
+    return out
+
+
+def test_student_from_averaged_teachers_has_the_mean_of_their_layers(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from pipeline.stages.mkd import average_teachers
+
+    teachers = [fine_tuned_copy(tiny_bert_dir, tmp_path / f"t{n}", seed=n, num_labels=n) for n in (1, 2, 3)]
+    averaged = average_teachers(teachers, tmp_path / "mean")
+    model, _ = build(averaged)
+    encoders = [teacher_bert(teacher).state_dict() for teacher in teachers]
+    for key, tensor in model.bert.state_dict().items():
+        expected = sum(encoder[key].double() for encoder in encoders) / len(encoders)
+        assert torch.allclose(tensor.double(), expected, atol=1e-6), key
+    assert not torch.equal(model.bert.state_dict()["pooler.dense.weight"], encoders[0]["pooler.dense.weight"])
+    assert not any(key.startswith("classifier.") for key in load_file(averaged / "model.safetensors"))  # 1, 2, 3 labels
+
+
+def test_averaging_rejects_teachers_of_another_checkpoint(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from pipeline.stages.mkd import average_teachers
+
+    first = fine_tuned_copy(tiny_bert_dir, tmp_path / "first", seed=0, num_labels=2)
+    other = fine_tuned_copy(tiny_bert_dir, tmp_path / "other", seed=1, num_labels=2)
+    config = json.loads((other / "config.json").read_text())
+    BertForSequenceClassification(BertConfig(**{**config, "intermediate_size": 40})).save_pretrained(other)
+    with pytest.raises(ValueError, match=r"other: bert.encoder.layer.0.intermediate.dense.bias has shape \[40\], in"):
+        average_teachers([first, other], tmp_path / "mean")
+    vocab = next(path for path in other.iterdir() if path.name.startswith(("tokenizer", "vocab")))
+    vocab.write_text(vocab.read_text() + " ")
+    with pytest.raises(ValueError, match=rf"{vocab.name} differs from .*first.*: teachers of other tokenizers"):
+        average_teachers([first, other], tmp_path / "mean")

@@ -16,11 +16,15 @@ import copy
 import itertools
 import logging
 import shutil
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
 
 from pipeline import paths
 from pipeline.data.io import atomic_dir
@@ -46,6 +50,7 @@ from pipeline.training.student_data import (
 )
 
 log = logging.getLogger(__name__)
+HEAD_PREFIX = "classifier."  # a fine-tuned teacher's task head (AutoModelForSequenceClassification)
 
 
 def _task_data(task: Task, params: Params, encoder: StudentEncoder, table: pa.Table, prepared_dir: Path) -> TaskData:
@@ -55,33 +60,44 @@ def _task_data(task: Task, params: Params, encoder: StudentEncoder, table: pa.Ta
 
 def run_mkd(
     architecture: str, params: Params, logits_root: Path, prepared_dir: Path, mt_teacher_root: Path, out_dir: Path,
-    log_dir: Path, finetune_log_dir: Path, checkpoint_dir: Path | None = None,
+    log_dir: Path, finetune_log_dir: Path, checkpoint_dir: Path | None = None, teacher_root: Path = paths.TEACHER_DIR,
 ) -> dict[str, Any]:  # fmt: skip
     """Distil every task in ``params.tasks`` into one ``architecture`` student, then fine-tune per task; save all.
 
-    Training curves go to ``log_dir`` (joint distillation) and ``finetune_log_dir/<task>``. Students start from
-    ``mkd.init_from``: the multi-task teacher (any task's folder under ``mt_teacher_root``: they share the encoder)
-    or ``teacher.checkpoint``. Writes ``out_dir/multitask`` (the joint student, all heads) and, with
-    ``mkd.finetune_epochs > 0``, ``out_dir/<task>`` (one head each). Returns a summary with every model's best dev
-    metrics. Epochs are checkpointed in ``checkpoint_dir`` (default: ``checkpoints/mkd/<architecture>`` when
-    ``out_dir`` is the workspace's ``models/mkd/<architecture>``, else none).
+    Training curves go to ``log_dir`` (joint distillation) and ``finetune_log_dir/<task>``. The student starts from
+    ``mkd.init_source(architecture)``: ``teacher.checkpoint``, the multi-task teacher (any task's folder under
+    ``mt_teacher_root``: they share the encoder) or the mean of the single-task teachers under ``teacher_root``.
+    Writes ``out_dir/multitask`` (the joint student, all heads) and, with ``mkd.finetune_epochs > 0``,
+    ``out_dir/<task>`` (one head each). Returns a summary with every model's best dev metrics. Epochs are
+    checkpointed in ``checkpoint_dir`` (default: ``checkpoints/mkd/<architecture>`` when ``out_dir`` is the
+    workspace's ``models/mkd/<architecture>``, else none).
     """
     train_params = getattr(params.mkd.training, architecture)
     tasks = [resolve_task(name, params) for name in params.tasks]
     shard_dirs = {task.name: paths.shard_dir(task.name, params.mkd.teacher, logits_root) for task in tasks}
-    init_dir = (
-        paths.mt_teacher_dir(tasks[0].name, mt_teacher_root) if params.mkd.init_from == "mt_teacher"
-        else Path(resolve_checkpoint(params.teacher.checkpoint))
-    )  # fmt: skip
+    init_from = params.mkd.init_source(architecture)
+    if init_from == "teachers":
+        init_dirs = [paths.teacher_dir(task.name, teacher_root) for task in tasks]
+    elif init_from == "mt_teacher":
+        init_dirs = [paths.mt_teacher_dir(tasks[0].name, mt_teacher_root)]
+    else:
+        init_dirs = [Path(resolve_checkpoint(params.teacher.checkpoint))]
     plan = CheckpointPlan(
         stage_checkpoint_dir(checkpoint_dir, [out_dir], [paths.mkd_dir(architecture)], "mkd", architecture),
         {
             "seed": params.seed, "threads": params.threads, "tasks": params.tasks, "mkd": params.mkd,
             architecture: getattr(params, architecture), "teacher.checkpoint": params.teacher.checkpoint,
         },
-        [*shard_dirs.values(), *(paths.prepared_split(t.name, t.dev_splits[0], prepared_dir) for t in tasks), init_dir],
+        [*shard_dirs.values(), *(paths.prepared_split(t.name, t.dev_splits[0], prepared_dir) for t in tasks),
+         *init_dirs],
     )  # fmt: skip
-    with accelerated(train_params.mixed_precision, several_tasks=len(tasks) > 1) as accelerator:
+    with (
+        accelerated(train_params.mixed_precision, several_tasks=len(tasks) > 1) as accelerator,
+        tempfile.TemporaryDirectory(prefix="mkd-init-") as scratch,
+    ):
+        if len(init_dirs) > 1:
+            log.info("mkd %s: starting from the mean of %d teachers' weights", architecture, len(init_dirs))
+        init_dir = init_dirs[0] if len(init_dirs) == 1 else average_teachers(init_dirs, Path(scratch))
         seed_everything(params.seed)
         use_threads(params.threads)
         budget = min(
@@ -107,6 +123,45 @@ def run_mkd(
         if checkpoints is not None:
             checkpoints.remove(accelerator)
     return summary
+
+
+def average_teachers(teacher_dirs: Sequence[Path], out_dir: Path) -> Path:
+    """Write to ``out_dir`` one checkpoint whose tensors are the element-wise means of the fine-tuned teachers'.
+
+    The teachers must be fine-tuned copies of one checkpoint (same tokenizer, same encoder shapes); task heads whose
+    shapes differ between them (other label counts) are left out. Config and tokenizer files come from the first
+    teacher. Returns ``out_dir``.
+    """
+    if not teacher_dirs:
+        raise ValueError("average_teachers: no teacher to average")
+    first = Path(teacher_dirs[0])
+    tokenizer_files = sorted(path.name for path in first.glob("*") if path.name.startswith(("tokenizer", "vocab")))
+    total: dict[str, torch.Tensor] = {}
+    for teacher_dir in map(Path, teacher_dirs):
+        for name in tokenizer_files:
+            if (teacher_dir / name).read_bytes() != (first / name).read_bytes():
+                raise ValueError(f"{teacher_dir / name} differs from {first / name}: teachers of other tokenizers")
+        files = sorted(teacher_dir.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{teacher_dir}: no *.safetensors weights")
+        stored = {name: tensor for path in files for name, tensor in load_file(path).items()}
+        if not total:
+            total = {name: tensor.double() for name, tensor in stored.items()}
+            continue
+        if missing := sorted(set(total) - set(stored)):
+            raise ValueError(f"{teacher_dir}: lacks {', '.join(missing[:3])}, which {first} has")
+        reshaped = [name for name, sum_ in total.items() if sum_.shape != stored[name].shape]
+        if encoder := [name for name in reshaped if not name.startswith(HEAD_PREFIX)]:
+            raise ValueError(
+                f"{teacher_dir}: {encoder[0]} has shape {list(stored[encoder[0]].shape)}, in {first} "
+                f"{list(total[encoder[0]].shape)}: the teachers are not fine-tuned copies of one checkpoint"
+            )
+        total = {name: sum_ + stored[name].double() for name, sum_ in total.items() if name not in reshaped}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({name: (sum_ / len(teacher_dirs)).float() for name, sum_ in total.items()}, out_dir / "model.safetensors")
+    for name in ["config.json", *tokenizer_files]:
+        shutil.copy2(first / name, out_dir / name)
+    return out_dir
 
 
 def budgeted_rows(task: Task, shard_dir: Path, budget: int | None, seed: int) -> pa.Table:
