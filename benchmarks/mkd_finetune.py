@@ -3,8 +3,8 @@
 Starts from a saved MKD model (e.g. ``models/mkd/bilstm/multitask``), keeps the task's head, and trains it on all
 of the task's single-teacher transfer rows with the ``student:`` params (steps budget, patience): does joint
 distillation give a better start than the Tang student's? Prints the dev curve and the best dev score (GLUE
-convention); ``--out`` also writes them as JSON, DVCLive its curves to ``dvclive/mkd_finetune/<task>``. Run from a
-workspace with the task's shards and prepared dev split.
+convention); ``--out`` also writes them as JSON, DVCLive its curves to ``dvclive/bench/mkd_finetune/<task>``. Run
+from a workspace with the task's shards and prepared dev split.
 
     python benchmarks/mkd_finetune.py models/mkd/bilstm/multitask cola --out mkd_finetune_cola.json
 """
@@ -49,7 +49,7 @@ def main() -> None:
         loss_fn = distillation_loss_fn(task, params.student.alpha)
         targets = distillation_targets(task, table)
         data = {task.name: build_task_data(task, encoder, table, targets, loss_fn, paths.PREPARED_DIR)}
-        log_dir = Path("dvclive/mkd_finetune") / task.name
+        log_dir = Path("dvclive/bench/mkd_finetune") / task.name
         result = fit(model, data, params.student, params.seed, accelerator, log_dir, desc=f"mkd fine-tune {task.name}")
     best = result.best_metrics[task.name]
     summary = {
