@@ -34,15 +34,7 @@ def batch_of(encoder: TransformerEncoder, text_a: list[str], text_b: list[str] |
 @pytest.fixture(scope="module")
 def classifier_dir(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny BERT as a fine-tuned teacher: BertForSequenceClassification.save_pretrained (keys ``bert.*``)."""
-    out = tmp_path_factory.mktemp("tiny-classifier")
-    torch.manual_seed(1)
-    model = BertForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2)
-    with torch.no_grad():  # make it differ from the bare checkpoint, as fine-tuning would
-        for parameter in model.bert.parameters():
-            parameter.add_(0.01 * torch.randn_like(parameter))
-    model.save_pretrained(out)
-    copy_tokenizer(tiny_bert_dir, out)
-    return out
+    return fine_tuned_copy(tiny_bert_dir, tmp_path_factory.mktemp("tiny-classifier"), seed=1, num_labels=2)
 
 
 def copy_tokenizer(source: Path, target: Path) -> None:
@@ -233,7 +225,7 @@ def fine_tuned_copy(tiny_bert_dir: Path, out: Path, seed: int, num_labels: int) 
     """The tiny BERT fine-tuned (perturbed) for a task of ``num_labels`` outputs."""
     torch.manual_seed(seed)
     model = BertForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=num_labels)
-    with torch.no_grad():
+    with torch.no_grad():  # make it differ from the bare checkpoint, as fine-tuning would
         for parameter in model.bert.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))
     model.save_pretrained(out)
