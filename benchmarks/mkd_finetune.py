@@ -47,7 +47,7 @@ def main() -> None:
         model.keep_tasks([task.name])
         table = read_shards(task, paths.shard_dir(task.name, "single"))
         loss_fn = distillation_loss_fn(task, params.student.alpha)
-        targets = distillation_targets(task, table)
+        targets = distillation_targets(task, table, params.student.logit_temperature)
         data = {task.name: build_task_data(task, encoder, table, targets, loss_fn, paths.PREPARED_DIR)}
         log_dir = Path("dvclive/bench/mkd_finetune") / task.name
         result = fit(model, data, params.student, params.seed, accelerator, log_dir, desc=f"mkd fine-tune {task.name}")

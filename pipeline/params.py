@@ -223,6 +223,8 @@ class TrainParams(_Section):
 
 class StudentParams(TrainParams):
     alpha: float = Field(default=0.0, ge=0, le=1)
+    # classification targets: the teacher's logits divided by it before the MSE (1: the paper); regression untouched
+    logit_temperature: float = Field(default=1.0, gt=0)
 
 
 # Where an MKD student's WordPiece embeddings (and the transformer's layers) start: teacher.checkpoint (as published),

@@ -44,7 +44,7 @@ from pipeline.training.accelerator import USE_CPU_ENV, accelerated
 from pipeline.training.fit import step_optimizers
 from pipeline.training.losses import distillation_loss
 from pipeline.training.optim import SparseAdadelta
-from pipeline.training.student_data import read_shards
+from pipeline.training.student_data import distillation_targets, read_shards
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 POSITIVE = ["good", "great", "fine", "lovely"]
@@ -501,6 +501,41 @@ def test_train_student_in_bf16_learns_and_keeps_fp32_weights(teacher_dir: Path, 
         weights[precision] = model.lstm.forward_lstm.weight_ih_l0
         assert all(parameter.dtype == torch.float32 for parameter in model.parameters())
     assert not torch.equal(weights["fp32"], weights["bf16"])
+
+
+def test_logit_temperature_divides_classification_targets_only() -> None:
+    """``student.logit_temperature`` scales a classifier's teacher logits; a regression score stays the score."""
+    rows = [{"id": 0, "source_id": 0, "is_original": True, "is_unlabelled": False, "text_a": "a", "text_b": "b",
+             "ops": []}]  # fmt: skip
+    for name, label, logits, expected in (("mrpc", 1, [-1.0, 3.0], [-0.25, 0.75]), ("stsb", 4.2, [4.0], [4.0])):
+        task = get_task(name)
+        table = pa.Table.from_pylist([{**rows[0], "label": label, "logits": logits}], schema=shard_schema(task))
+        assert distillation_targets(task, table, 4.0)["teacher"].tolist() == [expected]
+        assert distillation_targets(task, table)["teacher"].tolist() == [logits]
+
+
+def test_logit_temperature_shrinks_the_students_logits(teacher_dir: Path, tmp_path: Path) -> None:
+    """The student regresses the divided logits: at temperature 4 its dev logits are several times smaller than at
+    1, and it still learns the task."""
+    shards, prepared = tmp_path / "logits", tmp_path / "prepared"
+    write_sst2_shards(shards)
+    write_prepared(prepared, "sst2", "dev", sentiment_rows(60, seed=2))
+    mean_abs = {}
+    for temperature in (1.0, 4.0):
+        params = tiny_params()
+        params = params.model_copy(
+            update={"student": params.student.model_copy(update={"logit_temperature": temperature})}
+        )
+        out = tmp_path / f"t{temperature:g}"
+        summary = train_student(
+            get_task("sst2"), params, shards, prepared, teacher_dir, out, tmp_path / f"log{temperature:g}"
+        )
+        accuracy = summary["dev"]["sst2"]["accuracy"]
+        assert accuracy >= 0.85
+        mean_abs[temperature] = np.abs(
+            assert_saved_model_reproduces(out, prepared, "sst2", "accuracy", accuracy)
+        ).mean()
+    assert 0.1 < mean_abs[4.0] / mean_abs[1.0] < 0.5
 
 
 def test_train_baseline_learns(teacher_dir: Path, tmp_path: Path) -> None:

@@ -31,6 +31,6 @@ def train_student(
         [shard_dir, paths.prepared_split(task.name, task.dev_splits[0], prepared_dir), teacher_dir],
     )
     return train_single_task(
-        task, params, params.student, table, distillation_targets(task, table),
+        task, params, params.student, table, distillation_targets(task, table, params.student.logit_temperature),
         distillation_loss_fn(task, params.student.alpha), prepared_dir, teacher_dir, out_dir, log_dir, "student", plan,
     )  # fmt: skip

@@ -58,10 +58,14 @@ def all_texts(task: Task, table: pa.Table) -> Iterator[str]:
         yield from table.column(column).to_pylist()
 
 
-def distillation_targets(task: Task, table: pa.Table) -> dict[str, torch.Tensor]:
-    """Per-row targets of shard rows: teacher logits, gold labels (0 where missing) and where labels exist."""
+def distillation_targets(task: Task, table: pa.Table, logit_temperature: float = 1.0) -> dict[str, torch.Tensor]:
+    """Per-row targets of shard rows: teacher logits (a classification task's divided by ``logit_temperature``),
+    gold labels (0 where missing) and where labels exist."""
     labels, label_mask = labels_and_mask(task, table.column("label"))
-    return {"teacher": torch.tensor(logits_matrix(table)), "label": labels, "label_mask": label_mask}
+    teacher = torch.tensor(logits_matrix(table))
+    if not task.is_regression:
+        teacher = teacher / logit_temperature
+    return {"teacher": teacher, "label": labels, "label_mask": label_mask}
 
 
 def dev_split(task: Task, prepared_dir: Path) -> tuple[str, pa.Table]:
