@@ -15,26 +15,26 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.data.io import sha256_file
+from pipeline.data.io import atomic_dir, sha256_file, write_json
 from pipeline.data.metrics import compute_metrics
+from pipeline.data.prepared import dev_splits
 from pipeline.data.shards import MANIFEST_NAME, logits_matrix, read_manifest
+from pipeline.data.tasks import resolve_task
+from pipeline.params import load_params
+
+PARAMS = Path("params.yaml")
 
 
 def dev_split(task_name: str):
-    from pipeline.data.tasks import resolve_task
-    from pipeline.params import load_params
-    from pipeline.stages.evaluate import file_split
-
-    params = load_params("params.yaml")
-    task = resolve_task(task_name, params)
-    return task, file_split(task, Path(params.data.glue_dir) / task.glue_dir_name / "dev.tsv")["dev"]
+    """The task and its (first) prepared dev split, as evaluate reads it."""
+    task = resolve_task(task_name, load_params(PARAMS))
+    return task, next(iter(dev_splits(task).values()))
 
 
 def teacher_dev(task_name: str, out: Path) -> None:
@@ -43,7 +43,8 @@ def teacher_dev(task_name: str, out: Path) -> None:
 
     task, dev = dev_split(task_name)
     text_a, text_b = table_texts(task, dev)
-    logits = load_model("teacher", task, Path("params.yaml")).logits(text_a, text_b, 128)
+    batch_size = load_params(PARAMS).teacher.eval_batch_size
+    logits = load_model("teacher", task, PARAMS).logits(text_a, text_b, batch_size)
     np.save(out, logits)
     print(out, json.dumps(compute_metrics(task, logits, dev.column("label").to_numpy())))
 
@@ -57,25 +58,23 @@ def ensemble_dev(task_name: str, files: list[Path]) -> None:
 
 def average_shards(out: Path, folders: list[Path]) -> None:
     manifest = read_manifest(folders[0])
-    scratch = Path(tempfile.mkdtemp(prefix=f"{out.name}-", dir=out.parent))
-    for entry in manifest["shards"]:
-        tables = [pq.read_table(folder / entry["file"]) for folder in folders]
-        for folder, table in zip(folders[1:], tables[1:]):
-            if not table.column("id").equals(tables[0].column("id")):
-                raise SystemExit(f"{folder / entry['file']}: other rows than {folders[0] / entry['file']}")
-        logits = np.mean([logits_matrix(table) for table in tables], axis=0).astype(np.float32)
-        field = tables[0].schema.field("logits")
-        column = pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), logits.shape[1])
-        averaged = tables[0].set_column(tables[0].schema.get_field_index("logits"), field, column)
-        pq.write_table(averaged, scratch / entry["file"])
-        entry["sha256"] = sha256_file(scratch / entry["file"])
-        print(entry["file"], len(logits), f"mean|logit| {np.abs(logits).mean():.3f}")
-    for extra in folders[0].glob("_*.json"):
-        if extra.name != MANIFEST_NAME:
-            shutil.copy2(extra, scratch / extra.name)
-    (scratch / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)
-    scratch.rename(out)
+    with atomic_dir(out) as scratch:
+        for entry in manifest["shards"]:
+            tables = [pq.read_table(folder / entry["file"]) for folder in folders]
+            for folder, table in zip(folders[1:], tables[1:]):
+                if not table.column("id").equals(tables[0].column("id")):
+                    raise SystemExit(f"{folder / entry['file']}: other rows than {folders[0] / entry['file']}")
+            logits = np.mean([logits_matrix(table) for table in tables], axis=0).astype(np.float32)
+            field = tables[0].schema.field("logits")
+            column = pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), logits.shape[1])
+            averaged = tables[0].set_column(tables[0].schema.get_field_index("logits"), field, column)
+            pq.write_table(averaged, scratch / entry["file"])
+            entry["sha256"] = sha256_file(scratch / entry["file"])
+            print(entry["file"], len(logits), f"mean|logit| {np.abs(logits).mean():.3f}")
+        for extra in folders[0].glob("_*.json"):
+            if extra.name != MANIFEST_NAME:
+                shutil.copy2(extra, scratch / extra.name)
+        write_json(manifest, scratch / MANIFEST_NAME)
 
 
 def main() -> None:
