@@ -193,9 +193,10 @@ class TransformerParams(_Section):
 
 
 class TrainParams(_Section):
-    """One student training run: optimiser, schedule, batches, early stopping."""
+    """One student training run: optimiser, schedule, batches, early stopping, and its length: ``epochs`` when set
+    (obeyed), else the epochs closest to the ``steps`` budget; one of the two must be set."""
 
-    epochs: int = Field(default=3, gt=0)
+    epochs: int | None = Field(default=3, gt=0)  # None: from ``steps``
     batch_size: int = Field(default=50, gt=0)
     batch_size_pair: int = Field(default=256, gt=0)
     optimizer: Literal["adadelta", "adam", "adamw"] = "adadelta"
@@ -204,27 +205,66 @@ class TrainParams(_Section):
     weight_decay: float = Field(default=0.0, ge=0)
     schedule: Literal["constant", "linear"] = "constant"  # linear: warm-up over warmup_ratio of the steps, then decay
     warmup_ratio: float = Field(default=0.0, ge=0, le=1)
-    steps: int | None = Field(default=None, gt=0)  # training budget in optimiser steps (None: ``epochs``)
+    steps: int | None = Field(default=None, gt=0)  # training budget in optimiser steps, used only when epochs is None
     patience: int = Field(default=2, ge=1)
-    mixed_precision: Literal["auto", "fp32", "bf16"] = "fp32"  # bf16: autocast; auto: bf16 where native, else fp32
+    mixed_precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16: autocast; auto: bf16 where native, else fp32
+
+    @model_validator(mode="after")
+    def _check_length(self) -> TrainParams:
+        if self.epochs is None and self.steps is None:
+            raise ValueError(
+                "epochs and steps are both null: set epochs (obeyed) or steps (a budget in optimiser steps)"
+            )
+        return self
 
     def batch_size_for(self, task: Task) -> int:
         """Training batch size: ``batch_size_pair`` for sentence-pair tasks, ``batch_size`` otherwise (paper)."""
         return self.batch_size_pair if task.is_pair else self.batch_size
 
     def max_epochs(self, steps_per_epoch: int) -> int:
-        """Epochs to train at most: ``epochs``, or with a ``steps`` budget the whole number of epochs closest to it
-        (at least one), so a large transfer set trains few epochs and a small one many; early stopping with
+        """Epochs to train at most: ``epochs`` when set; else the whole number of epochs closest to the ``steps``
+        budget (at least one), so a large transfer set trains few epochs and a small one many. Early stopping with
         ``patience`` can end training sooner either way."""
-        if self.steps is None:
+        if self.epochs is not None:
             return self.epochs
+        assert self.steps is not None  # _check_length
         return max(1, round(self.steps / max(steps_per_epoch, 1)))
+
+    def length_rule(self, steps_per_epoch: int, keys: tuple[str, str]) -> str:
+        """Which setting decided the training length, in words, for the log and the training summary; ``keys``: the
+        params keys of ``epochs`` and ``steps`` (``student.epochs``, ``student.steps``)."""
+        epochs = self.max_epochs(steps_per_epoch)
+        if self.epochs is not None:
+            chosen = f"up to {epochs} epochs ({keys[0]})"
+        else:
+            chosen = f"up to {epochs} epochs ({keys[1]} {self.steps} at {steps_per_epoch:,} steps an epoch)"
+        return f"{chosen}, early stopping patience {self.patience}"
 
 
 class StudentParams(TrainParams):
+    """The KD student's training (params.yaml's ``student:``): by default a 7,500-step budget (``epochs`` null)."""
+
+    epochs: int | None = Field(default=None, gt=0)
+    steps: int | None = Field(default=7500, gt=0)
+    batch_size_pair: int = Field(default=64, gt=0)
+    patience: int = Field(default=3, ge=1)
     alpha: float = Field(default=0.0, ge=0, le=1)
     # classification targets: the teacher's logits divided by it before the MSE (1: the paper); regression untouched
     logit_temperature: float = Field(default=1.0, gt=0)
+
+
+class StaticParams(_Section):
+    """The static student (``pipeline.students.static``, docs/static-student.md): model2vec-distilled token
+    embeddings, mean-pooled, an MLP head per task, trained by the KD loop on the teacher's logit shards."""
+
+    distill_from: Literal["teacher", "checkpoint"] = "teacher"  # the fine-tuned task teacher | teacher.checkpoint
+    pca_dims: int | None = Field(default=256, gt=0)  # embedding width (model2vec's PCA; None: the teacher's width)
+    hidden_size: int = Field(default=256, gt=0)  # the head's ReLU layer
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    max_length: int = Field(default=128, gt=0)  # student tokens per sentence
+    training: StudentParams = StudentParams(
+        steps=20000, batch_size=64, batch_size_pair=64, optimizer="adam", learning_rate=1e-3, mixed_precision="fp32"
+    )
 
 
 # Where an MKD student's WordPiece embeddings (and the transformer's layers) start: teacher.checkpoint (as published),
@@ -249,7 +289,7 @@ class MKDTrainingParams(_Section):
     )
     transformer: MKDStudentTraining = MKDStudentTraining(
         optimizer="adamw", learning_rate=1e-4, batch_size=32, batch_size_pair=32, weight_decay=0.01,
-        schedule="linear", warmup_ratio=0.1, epochs=2, init_from="teachers",
+        schedule="linear", warmup_ratio=0.1, epochs=2, max_originals_per_task=2000, init_from="teachers",
     )  # fmt: skip
 
 
@@ -266,7 +306,7 @@ class MKDParams(_Section):
     sampling: SamplingScheme = "proportional"
     temperature: float = Field(default=1.0, gt=0)  # sampling: temperature -> p_task ~ size ** (1 / temperature)
     alpha: float = Field(default=0.0, ge=0, le=1)  # as student.alpha
-    max_originals_per_task: int | None = Field(default=None, gt=0)  # transfer rows of a seeded subset of originals
+    max_originals_per_task: int | None = Field(default=8000, gt=0)  # transfer rows of a seeded subset of originals
     finetune_epochs: int = Field(default=1, ge=0)  # per-task fine-tuning after joint distillation; 0 = off
     training: MKDTrainingParams = MKDTrainingParams()
 
@@ -321,7 +361,8 @@ class Params(_Section):
     biattentive: BiattentiveParams = BiattentiveParams()
     transformer: TransformerParams = TransformerParams()
     student: StudentParams = StudentParams()
-    baseline: TrainParams = TrainParams(epochs=10, patience=3)
+    static: StaticParams = StaticParams()
+    baseline: TrainParams = TrainParams(epochs=20, batch_size_pair=32, patience=4)
     mkd: MKDParams = MKDParams()
     evaluate: EvaluateParams = EvaluateParams()
     tfidf: TfidfParams = TfidfParams()

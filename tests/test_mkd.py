@@ -75,7 +75,14 @@ def test_subset_originals_keeps_whole_groups() -> None:
 
 @pytest.fixture()
 def mkd_params(teacher_dir: Path) -> Params:  # noqa: F811 (pytest fixture)
-    train = {"epochs": 3, "batch_size": 16, "batch_size_pair": 16, "optimizer": "adam", "learning_rate": 0.01}
+    train = {
+        "epochs": 3,
+        "batch_size": 16,
+        "batch_size_pair": 16,
+        "optimizer": "adam",
+        "learning_rate": 0.01,
+        "mixed_precision": "fp32",
+    }
     return Params.model_validate({
         "tasks": list(TASKS),
         "teacher": {"checkpoint": str(teacher_dir)},
@@ -161,13 +168,13 @@ def test_fine_tuning_is_kept_only_where_the_task_score_improves(mkd_params, tmp_
 
 
 def test_a_joint_steps_budget_leaves_fine_tuning_at_finetune_epochs(mkd_params, tmp_path) -> None:
-    """With ``steps`` on the joint phase (3 epochs of 8 steps here), each task is still fine-tuned for
+    """With a ``steps`` budget on the joint phase (3 epochs of 8 steps here), each task is still fine-tuned for
     ``mkd.finetune_epochs`` (1) epoch, not for the epochs the budget would give its smaller data."""
     from pipeline.stages.mkd import run_mkd
 
     for task in ("sst2", "stsb"):
         write_task(tmp_path, task, n_originals=30)
-    training = mkd_params.mkd.training.bilstm.model_copy(update={"steps": 24, "patience": 5})
+    training = mkd_params.mkd.training.bilstm.model_copy(update={"epochs": None, "steps": 24, "patience": 5})
     params = mkd_params.model_copy(update={
         "tasks": ["sst2", "stsb"],
         "mkd": mkd_params.mkd.model_copy(update={
@@ -177,6 +184,10 @@ def test_a_joint_steps_budget_leaves_fine_tuning_at_finetune_epochs(mkd_params, 
     summary = run_mkd("bilstm", params, tmp_path / "logits", tmp_path / "prepared", tmp_path / "unused",
                       tmp_path / "models", tmp_path / "logs", tmp_path / "finetune")  # fmt: skip
     assert summary["multitask"]["epochs_run"] == 3  # 8 steps an epoch
+    assert summary["multitask"]["length"] == (
+        "up to 3 epochs (mkd.training.bilstm.steps 24 at 8 steps an epoch), early stopping patience 5"
+    )
+    assert summary["sst2"]["length"] == "up to 1 epochs (mkd.finetune_epochs), early stopping patience 5"
     assert [summary[task]["epochs_run"] for task in ("sst2", "stsb")] == [1, 1]  # the budget would give 6 each
 
 

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.errors import ParamsError
-from pipeline.params import GLUE_DIR_ENV, PRESETS, load_params, preset_options
+from pipeline.params import GLUE_DIR_ENV, PRESETS, Params, load_params, preset_options
 from tests.conftest import REPO_ROOT
 
 
@@ -188,3 +188,49 @@ def test_preset_command_prints_the_options():
     assert result.exit_code == 0 and result.output.split() == preset_options("paper")
     result = CliRunner().invoke(app, ["preset", "tang"])
     assert result.exit_code == 1 and "unknown preset 'tang'" in result.output
+
+
+def _differences(code: object, yaml_value: object, key: str) -> list[str]:
+    """Dotted keys whose value differs between two dumped params trees."""
+    if isinstance(code, dict) and isinstance(yaml_value, dict):
+        return [
+            found
+            for name in sorted(set(code) | set(yaml_value))
+            for found in _differences(code.get(name, "<absent>"), yaml_value.get(name, "<absent>"), f"{key}.{name}")
+        ]
+    return [] if code == yaml_value else [f"{key.lstrip('.')}: class {code!r}, params.yaml {yaml_value!r}"]
+
+
+def test_class_defaults_are_params_yaml():
+    """One set of defaults: ``Params()`` equals params.yaml field by field (so tests built on ``Params()`` train the
+    configuration that ships), except ``tasks`` and ``task_defs``, params.yaml's example content."""
+    shipped = load_params(REPO_ROOT / "params.yaml").model_dump(mode="json", exclude={"tasks", "task_defs"})
+    defaults = Params().model_dump(mode="json", exclude={"tasks", "task_defs"})
+    assert _differences(defaults, shipped, "") == []
+
+
+def test_the_drift_test_sees_a_changed_default(tmp_path):
+    raw = repo_params()
+    raw["student"]["patience"] = 7
+    examples = {"tasks", "task_defs"}
+    changed = load_params(write(tmp_path, raw)).model_dump(mode="json", exclude=examples)
+    found = _differences(Params().model_dump(mode="json", exclude=examples), changed, "")
+    assert found == ["student.patience: class 3, params.yaml 7"]
+
+
+def test_explicit_student_epochs_win_over_the_budget(tmp_path):
+    """`-S student.epochs=6` on the shipped params (steps 7500): 6 epochs at BANKING77's 3,042 steps an epoch, not 2;
+    `-S student.epochs=null -S student.steps=null` is refused."""
+    raw = repo_params()
+    assert raw["student"]["epochs"] is None and raw["student"]["steps"] == 7500
+    assert load_params(REPO_ROOT / "params.yaml").student.max_epochs(3042) == 2
+    raw["student"]["epochs"] = 6
+    assert load_params(write(tmp_path, raw)).student.max_epochs(3042) == 6
+    raw["student"].update(epochs=None, steps=None)
+    with pytest.raises(ParamsError, match=r"student: .*epochs and steps are both null"):
+        load_params(write(tmp_path, raw))
+
+
+def test_paper_preset_loads_with_its_epochs(tmp_path):
+    params = load_params(write(tmp_path, with_preset(repo_params(), "paper")))
+    assert params.student.max_epochs(17687) == 3

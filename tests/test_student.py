@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 from pathlib import Path
@@ -15,14 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
 from pipeline.data.batching import bucket_batches
 from pipeline.data.metrics import compute_metrics
 from pipeline.data.schema import prepared_schema, shard_schema
 from pipeline.data.tasks import Task, get_task
-from pipeline.errors import ShardError
-from pipeline.params import BiLSTMParams, Params, StudentParams, TrainParams
+from pipeline.errors import ParamsError, ShardError
+from pipeline.params import BiLSTMParams, Params, StudentParams, TrainParams, load_params
 from pipeline.stages.baseline import train_baseline
 from pipeline.stages.score import write_manifest
 from pipeline.stages.student import train_student
@@ -45,6 +47,7 @@ from pipeline.training.fit import step_optimizers
 from pipeline.training.losses import distillation_loss
 from pipeline.training.optim import SparseAdadelta
 from pipeline.training.student_data import distillation_targets, read_shards
+from tests.conftest import REPO_ROOT
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 POSITIVE = ["good", "great", "fine", "lovely"]
@@ -76,7 +79,15 @@ def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_params(epochs: int = 6, alpha: float = 0.0, optimizer: str = "adam", **bilstm: object) -> Params:
     learning_rate = 0.01 if optimizer == "adam" else 1.0
-    train = {"epochs": epochs, "batch_size": 16, "optimizer": optimizer, "learning_rate": learning_rate, "patience": 3}
+    train = {
+        "epochs": epochs,
+        "batch_size": 16,
+        "optimizer": optimizer,
+        "learning_rate": learning_rate,
+        "patience": 3,
+        "batch_size_pair": 256,
+        "mixed_precision": "fp32",
+    }
     return Params(
         bilstm=BiLSTMParams(**{"hidden_size": 16, "fc_hidden": 16, "max_length": 16, "dropout": 0.0, **bilstm}),
         student=StudentParams(alpha=alpha, **train),
@@ -589,13 +600,38 @@ def test_student_refuses_corrupted_shards(tmp_path):
 
 @pytest.mark.parametrize(
     ("steps", "steps_per_epoch", "expected"),
-    [(None, 157, 3), (None, 17687, 3), (10000, 17687, 1), (20000, 17687, 1), (10000, 2560, 4), (10000, 570, 18),
-     (10000, 157, 64), (40, 13, 3), (100, 13, 8)],
+    [(10000, 17687, 1), (20000, 17687, 1), (10000, 2560, 4), (10000, 570, 18), (10000, 157, 64), (40, 13, 3),
+     (100, 13, 8)],
 )  # fmt: skip
-def test_max_epochs_follow_the_step_budget(steps: int | None, steps_per_epoch: int, expected: int) -> None:
-    """Without ``steps``, ``epochs`` (3); with it, the whole number of epochs closest to the budget, at least one: a
-    large transfer set (SST-2, 17,687 steps an epoch) trains one epoch, a small one (MRPC at batch 64) many."""
-    assert TrainParams(epochs=3, steps=steps).max_epochs(steps_per_epoch) == expected
+def test_max_epochs_follow_the_step_budget(steps: int, steps_per_epoch: int, expected: int) -> None:
+    """With ``epochs`` null, the whole number of epochs closest to the ``steps`` budget, at least one: a large transfer
+    set (SST-2, 17,687 steps an epoch) trains one epoch, a small one (MRPC at batch 64) many."""
+    hp = TrainParams(epochs=None, steps=steps)
+    assert hp.max_epochs(steps_per_epoch) == expected
+    assert hp.length_rule(steps_per_epoch, ("student.epochs", "student.steps")) == (
+        f"up to {expected} epochs (student.steps {steps} at {steps_per_epoch:,} steps an epoch), early stopping "
+        "patience 2"
+    )
+
+
+@pytest.mark.parametrize("steps", [None, 7500, 10])
+def test_explicit_epochs_are_obeyed_whatever_the_step_budget(steps: int | None) -> None:
+    """``epochs`` set wins over any ``steps`` (BANKING77's 3,042 steps an epoch: 6 epochs, not the budget's 2)."""
+    hp = StudentParams(epochs=6, steps=steps)
+    assert hp.max_epochs(3042) == 6
+    assert hp.length_rule(3042, ("student.epochs", "student.steps")) == (
+        "up to 6 epochs (student.epochs), early stopping patience 3"
+    )
+
+
+def test_training_length_needs_epochs_or_steps(tmp_path) -> None:
+    """Both null is refused with one line naming the section."""
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    raw["student"].update(epochs=None, steps=None)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=r"params.yaml: student: .*epochs and steps are both null"):
+        load_params(path)
 
 
 def scripted_dev_scores(monkeypatch: pytest.MonkeyPatch, scores: list[float]) -> list[dict[str, torch.Tensor]]:
@@ -612,13 +648,13 @@ def scripted_dev_scores(monkeypatch: pytest.MonkeyPatch, scores: list[float]) ->
 
 def budget_params(steps: int, patience: int) -> Params:
     params = tiny_params(epochs=1)
-    update = {"steps": steps, "patience": patience}
+    update = {"epochs": None, "steps": steps, "patience": patience}
     return params.model_copy(update={"student": params.student.model_copy(update=update)})
 
 
 def test_student_trains_until_the_step_budget(teacher_dir, tmp_path, monkeypatch) -> None:
-    """200 shard rows at batch 16 are 13 steps an epoch: ``steps: 52`` is 4 epochs (not ``epochs: 1``) while dev
-    improves."""
+    """200 shard rows at batch 16 are 13 steps an epoch: with ``epochs`` null, ``steps: 52`` is 4 epochs while dev
+    improves; the summary says so."""
     shards, prepared = tmp_path / "logits", tmp_path / "prepared"
     write_sst2_shards(shards)
     write_prepared(prepared, "sst2", "dev", sentiment_rows(20, seed=2))
@@ -627,6 +663,24 @@ def test_student_trains_until_the_step_budget(teacher_dir, tmp_path, monkeypatch
     summary = train_student(get_task("sst2"), params, shards, prepared, teacher_dir, tmp_path / "out", tmp_path / "log")
     assert summary["epochs_run"] == 4 and summary["best_epoch"] == 4
     assert summary["dev"]["sst2"]["accuracy"] == 0.8
+    assert summary["length"] == "up to 4 epochs (student.steps 52 at 13 steps an epoch), early stopping patience 2"
+
+
+def test_student_with_explicit_epochs_ignores_the_step_budget(teacher_dir, tmp_path, monkeypatch, caplog) -> None:
+    """``epochs: 6`` with a budget (``steps: 13``) that would give 1 epoch: 6 epochs run, logged and recorded."""
+    shards, prepared = tmp_path / "logits", tmp_path / "prepared"
+    write_sst2_shards(shards)
+    write_prepared(prepared, "sst2", "dev", sentiment_rows(20, seed=2))
+    scripted_dev_scores(monkeypatch, [0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
+    params = budget_params(steps=13, patience=2)
+    params = params.model_copy(update={"student": params.student.model_copy(update={"epochs": 6})})
+    with caplog.at_level(logging.INFO, logger="pipeline.training.fit"):
+        summary = train_student(get_task("sst2"), params, shards, prepared, teacher_dir, tmp_path / "out",
+                                tmp_path / "log")  # fmt: skip
+    assert summary["epochs_run"] == 6
+    rule = "up to 6 epochs (student.epochs), early stopping patience 2"
+    assert summary["length"] == rule and f"student sst2: {rule}" in caplog.text
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["training"]["length"] == rule
 
 
 def test_student_stops_early_and_keeps_its_best_epoch(teacher_dir, tmp_path, monkeypatch) -> None:

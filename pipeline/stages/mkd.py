@@ -181,6 +181,7 @@ def _distil_and_fine_tune(
     joint = fit(
         model, data, train_params, params.seed, accelerator, log_dir, params.mkd.sampling, params.mkd.temperature,
         desc=f"mkd {architecture}", checkpoints=checkpoints and checkpoints.sub(paths.MKD_JOINT),
+        length_keys=(f"mkd.training.{architecture}.epochs", f"mkd.training.{architecture}.steps"),
     )  # fmt: skip
     summary: dict[str, Any] = {paths.MKD_JOINT: training_summary(model, joint, rows)}
     if main:
@@ -195,7 +196,7 @@ def _distil_and_fine_tune(
             result = fit(
                 tuned, {task.name: data[task.name]}, finetune_params, params.seed, accelerator,
                 finetune_log_dir / task.name, desc=f"mkd {architecture} fine-tune {task.name}",
-                checkpoints=checkpoints and checkpoints.sub(task.name),
+                checkpoints=checkpoints and checkpoints.sub(task.name), length_keys=("mkd.finetune_epochs", ""),
             )  # fmt: skip
             tuned_score, joint_score = (task_score(task, r.best_metrics[task.name]) for r in (result, joint))
             improved = tuned_score > joint_score

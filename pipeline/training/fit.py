@@ -62,6 +62,7 @@ class FitResult:
     curve: list[dict[str, float]]
     best_epoch: int
     best_metrics: dict[str, dict[str, float]]
+    length: str  # which setting decided the training length (``TrainParams.length_rule``)
 
 
 @dataclass
@@ -118,12 +119,14 @@ def fit(
     temperature: float = 1.0,
     desc: str = "student",
     checkpoints: Checkpoints | None = None,
+    length_keys: tuple[str, str] = ("student.epochs", "student.steps"),
 ) -> FitResult:
     """Train ``model`` on every task in ``data`` with early stopping; load the best epoch's weights into it.
 
     The early-stopping score is the mean over tasks of each task's GLUE-convention dev score (``task_score``; a NaN
     counts as worst). The main process logs the epochs to DVCLive in ``log_dir``. With ``checkpoints``, every epoch
-    is checkpointed and a run finds its latest checkpoint and continues from there.
+    is checkpointed and a run finds its latest checkpoint and continues from there. ``length_keys`` name ``hp``'s
+    epochs and steps keys in the log line and the result that say which of the two set the training length.
     """
     main = accelerator.is_main_process
     if accelerator.num_processes > 1:
@@ -139,15 +142,16 @@ def fit(
     )  # fmt: skip
     steps_per_epoch = sampler.batches_per_epoch()
     max_epochs = hp.max_epochs(steps_per_epoch)
+    length = hp.length_rule(steps_per_epoch, length_keys)
     optimizers, schedulers = build_optimizers(hp, model, max_epochs * steps_per_epoch)
     progress = FitProgress()
     accelerator.register_for_checkpointing(progress, sampler, *optimizers, *schedulers)
     if checkpoints is not None and checkpoints.resume(accelerator, log_dir):
         log.info("%s: resumed after epoch %d", desc, progress.epoch)
     if main:
-        log.info("%s: %d process(es) on %s, mixed precision %s, %d steps per epoch, at most %d epochs",
-                 desc, accelerator.num_processes, device, accelerator.mixed_precision, steps_per_epoch,
-                 max_epochs)  # fmt: skip
+        log.info("%s: %d process(es) on %s, mixed precision %s, %d steps per epoch",
+                 desc, accelerator.num_processes, device, accelerator.mixed_precision, steps_per_epoch)  # fmt: skip
+        log.info("%s: %s", desc, length)
     trace = RowTrace(accelerator.process_index)
     multi_task = len(data) > 1
     with training_log(log_dir, enabled=main, resume_step=progress.epoch) as tracker:
@@ -172,7 +176,7 @@ def fit(
     assert progress.best_state is not None  # max_epochs >= 1
     model.load_state_dict(progress.best_state)
     release(accelerator)
-    return FitResult(progress.curve, progress.best_epoch, progress.best_metrics)
+    return FitResult(progress.curve, progress.best_epoch, progress.best_metrics, length)
 
 
 def _train_epoch(

@@ -96,9 +96,11 @@ def read_shards(task: Task, shard_dir: Path) -> pa.Table:
 
 
 def training_summary(model: StudentModel, result: FitResult, train_rows: dict[str, int]) -> dict[str, Any]:
-    """What a saved student records about its training: rows, epochs, best dev metrics, parameter counts."""
+    """What a saved student records about its training: rows, the length rule used, epochs, best dev metrics,
+    parameter counts."""
     return {
         "train_rows": train_rows,
+        "length": result.length,
         "epochs_run": len(result.curve),
         "best_epoch": result.best_epoch,
         "dev": result.best_metrics,
@@ -110,20 +112,23 @@ def training_summary(model: StudentModel, result: FitResult, train_rows: dict[st
 def train_single_task(
     task: Task, params: Params, hp: TrainParams, train: pa.Table, targets: dict[str, torch.Tensor], loss_fn: LossFn,
     prepared_dir: Path, teacher_dir: Path, out_dir: Path, log_dir: Path, desc: str, plan: CheckpointPlan,
+    architecture: str = "bilstm", hp_key: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Build Tang et al.'s BiLSTM for one task, fit it (checkpoints per ``plan``), save it (main process) and delete
-    the checkpoints; return the training summary."""
+    """Build a student of ``architecture`` (Tang et al.'s BiLSTM by default) for one task, fit it (checkpoints per
+    ``plan``), save it (main process) and delete the checkpoints; return the training summary. ``hp_key``: the params
+    key of ``hp`` named in the log (default ``desc``)."""
     with accelerated(hp.mixed_precision, several_tasks=False) as accelerator:
         seed_everything(params.seed)
         use_threads(params.threads)
-        model, encoder = get_architecture("bilstm").build(
+        model, encoder = get_architecture(architecture).build(
             params, [task], teacher_dir, all_texts(task, train), params.seed
         )
         data = {task.name: build_task_data(task, encoder, train, targets, loss_fn, prepared_dir)}
         checkpoints = plan.open(accelerator)
         result = fit(
-            model, data, hp, params.seed, accelerator, log_dir, desc=f"{desc} {task.name}", checkpoints=checkpoints
-        )
+            model, data, hp, params.seed, accelerator, log_dir, desc=f"{desc} {task.name}", checkpoints=checkpoints,
+            length_keys=(f"{hp_key or desc}.epochs", f"{hp_key or desc}.steps"),
+        )  # fmt: skip
         summary = training_summary(model, result, {task.name: train.num_rows})
         if accelerator.is_main_process:
             save_student(model, encoder, out_dir, summary)
