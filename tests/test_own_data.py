@@ -169,7 +169,12 @@ def test_unlabelled_rows_join_the_transfer_set_flagged_and_unaugmented_by_defaul
     flagged = table.filter(table.column("is_unlabelled"))
     assert texts(flagged) == [f"raw query number {i}" for i in range(10)]
     assert flagged.column("label").null_count == 10 and not any(flagged.column("is_original").to_pylist())
-    assert flagged.column("source_id").to_pylist() == list(range(10))
+    # ids after train's 36 (40 rows minus a dev split of 4): an unlabelled row is never taken for a labelled original
+    assert train.column("id").to_pylist() == list(range(36))
+    assert flagged.column("source_id").to_pylist() == list(range(36, 46))
+    originals = table.filter(table.column("is_original"))
+    assert originals.column("source_id").to_pylist() == list(range(36))
+    assert len(np.unique(table.column("source_id").to_numpy())) == 46  # the MKD budget counts 46 originals
 
     augmented = build_transfer_set(
         train, task, params.augment.model_copy(update={"augment_unlabelled": True}), 0, tagger, unlabelled
@@ -289,3 +294,102 @@ def test_tsv_json_array_and_txt_readers(tmp_path):
     broken.write_text('{"text": "ok", "label": 1}\n{"text": "no end"\n')
     with pytest.raises(DataFormatError, match=r"c.jsonl:2: not valid JSON"):
         read_rows(broken, ["text"], "label")
+
+
+def test_train_rows_repeating_a_dev_or_test_row_are_dropped_and_counted(tmp_path):
+    rows = intent_rows(40)
+    dev, test = rows[:4], rows[4:6]
+    files = tmp_path / "files"
+    write_csv(files / "train.csv", ["text", "intent"], rows)  # repeats all 4 dev rows and the 2 test rows
+    write_csv(files / "dev.csv", ["text", "intent"], dev)
+    write_csv(files / "test.csv", ["text", "intent"], test)
+    counts = run_prepare("intents", own_params(files, dev="dev.csv", test="test.csv"), tmp_path / "prepared")
+    train = read(tmp_path / "prepared", "train")
+    assert counts["train"] == 34 and texts(train) == [text for text, _ in rows[6:]]
+    assert train.column("id").to_pylist() == list(range(34))
+    record = json.loads((tmp_path / "prepared" / "intents" / "task.json").read_text())
+    assert record["train_overlap_dropped"] == 6
+
+
+def test_a_dev_split_taken_from_train_leaves_no_copy_of_its_rows_in_train(tmp_path):
+    rows = intent_rows(40)
+    write_csv(tmp_path / "files" / "train.csv", ["text", "intent"], rows + rows)  # every row twice
+    run_prepare("intents", own_params(tmp_path / "files", dev_fraction=0.2), tmp_path / "prepared")
+    train, dev = read(tmp_path / "prepared", "train"), read(tmp_path / "prepared", "dev")
+    assert dev.num_rows == 16 and not set(texts(train)) & set(texts(dev))
+    copies_left = 2 * len(set(texts(dev))) - 16  # a text with both its copies in dev left none in train
+    assert copies_left > 0
+    assert train.num_rows == 80 - 16 - copies_left and len(set(texts(train))) == train.num_rows // 2  # pairs kept
+    record = json.loads((tmp_path / "prepared" / "intents" / "task.json").read_text())
+    assert record["train_overlap_dropped"] == copies_left
+
+
+def test_a_csv_field_longer_than_csvs_default_limit_is_read(tmp_path):
+    long_text = "word " * 40_000  # 200,000 characters: Python's csv stops at 131,072 by default
+    rows = [[long_text, "balance"], *intent_rows(20)]
+    write_csv(tmp_path / "files" / "train.csv", ["text", "intent"], rows)
+    run_prepare("intents", own_params(tmp_path / "files", dev_fraction=0.1), tmp_path / "prepared")
+    prepared = texts(read(tmp_path / "prepared", "train")) + texts(read(tmp_path / "prepared", "dev"))
+    assert long_text.strip() in prepared
+
+
+def test_a_repeated_column_name_in_the_header_is_refused(tmp_path):
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "train.csv").write_text("text,text,intent\na,b,balance\nc,d,top_up\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"train.csv:1: column 'text' appears more than once in the header"):
+        run_prepare("intents", own_params(files), tmp_path / "prepared")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("train.csv", "text,intent\n{rows}a,b,c\n", r"train.csv:\d+: 3 fields, the header has 2"),
+        ("train.tsv", "text\tintent\n{rows}a\tb\tc\n", r"train.tsv:\d+: 3 fields, the header has 2"),
+        ("train.jsonl", '{rows}{{"text": "no end"\n', r"train.jsonl:\d+: not valid JSON"),
+        ("train.jsonl", "{rows}[1, 2]\n", r"train.jsonl:\d+: expected a JSON object"),
+        ("train.jsonl", '{rows}{{"text": "no label"}}\n', r"train.jsonl:\d+: missing key 'intent'"),
+    ],
+)
+def test_skip_bad_rows_covers_rows_the_readers_cannot_read(tmp_path, name, content, match):
+    """A row of the wrong width, a line that is not JSON or not an object, an object missing a key: each stops
+    prepare naming its line, or with skip_bad_rows is left out and counted."""
+    good = intent_rows(20)
+    if name.endswith(".jsonl"):
+        rows = "".join(json.dumps({"text": text, "intent": intent}) + "\n" for text, intent in good)
+    else:
+        sep = "\t" if name.endswith(".tsv") else ","
+        rows = "".join(f"{text}{sep}{intent}\n" for text, intent in good)
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / name).write_text(content.format(rows=rows), encoding="utf-8")
+    with pytest.raises(DataFormatError, match=match):
+        run_prepare("intents", own_params(files, train=name), tmp_path / "strict")
+    counts = run_prepare("intents", own_params(files, skip_bad_rows=True, train=name), tmp_path / "prepared")
+    assert counts["train"] + counts["dev"] == 20
+    assert json.loads((tmp_path / "prepared" / "intents" / "task.json").read_text())["skipped_rows"] == 1
+
+
+def test_skipped_rows_of_every_file_are_counted(tmp_path):
+    files = tmp_path / "files"
+    write_csv(files / "train.csv", ["text", "intent"], [*intent_rows(20), ["", "balance"]])
+    write_csv(files / "dev.csv", ["text", "intent"], [*intent_rows(8, seed=1), ["dev text", ""]])
+    (files / "raw.jsonl").write_text('{"text": "a raw query"}\nnot json\n{"other": 1}\n', encoding="utf-8")
+    params = own_params(files, skip_bad_rows=True, dev="dev.csv", unlabelled=["raw.jsonl"])
+    counts = run_prepare("intents", params, tmp_path / "prepared")
+    assert counts["unlabelled"] == 1
+    assert json.loads((tmp_path / "prepared" / "intents" / "task.json").read_text())["skipped_rows"] == 4
+
+
+def test_the_documented_bad_definition_message_is_the_one_users_get(tmp_path):
+    """docs/own-data.md's "bad definition" row quotes the message load_params gives for its example."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "own-data.md").read_text(encoding="utf-8")
+    row = next(line for line in docs.splitlines() if line.startswith("| bad definition |"))
+    documented = row.split("`")[1]
+    path = tmp_path / "params.yaml"
+    path.write_text(json.dumps({"tasks": ["tickets"], "task_defs": {"tickets": {"train": "t.xlsx",
+                                "text_columns": ["text"], "label_column": "category"}}}))  # fmt: skip
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+    message = str(error.value).replace(str(tmp_path) + "/", "")
+    assert message.startswith(documented.removesuffix("..."))

@@ -1,9 +1,10 @@
 """Reading a task of your own: CSV, TSV, JSONL and Parquet files by extension (and .txt for unlabelled text).
 
 Every reader returns ``Rows``: the named text columns and, when asked, the label column, each row with the place a
-person finds it (``file:line`` for text formats, ``file: row N`` for Parquet). A missing file or column, an empty
-text, an undecodable byte or a row of the wrong width raises ``DataFormatError`` naming file, row and column, or with
-``skip_bad_rows`` is left out and counted.
+person finds it (``file:line`` for text formats, ``file: row N`` for Parquet). A problem of the file (missing file,
+missing or repeated column, undecodable byte) raises ``DataFormatError`` naming the file; a problem of one row (a row
+of the wrong width, a line that is not a JSON object, a missing key, an empty text or label) raises naming file, row
+and column, or with ``skip_bad_rows`` the row is left out and counted.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import csv
 import io
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +69,8 @@ def read_rows(path: Path, text_columns: Sequence[str], label_column: str | None,
     rows = Rows(path, [[] for _ in text_columns], [] if label_column is not None else None)
     for place, record in records:
         try:
+            if isinstance(record, DataFormatError):  # a row the reader could not read as a record
+                raise record
             texts = [_text(record.get(column), place, column) for column in text_columns]
             label = None if label_column is None else _label(record.get(label_column), place, label_column)
         except DataFormatError as exc:
@@ -121,13 +125,19 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
             yield number, line.rstrip("\r")
 
 
-def _delimited_records(path: Path, columns: list[str], delimiter: str) -> Iterator[tuple[str, dict[str, str]]]:
+Record = dict[str, Any] | DataFormatError  # a row's values by column, or why the row cannot be read (skippable)
+
+
+def _delimited_records(path: Path, columns: list[str], delimiter: str) -> Iterator[tuple[str, Record]]:
     """CSV (RFC 4180 quoting) or TSV (tab-split lines, no quoting, as GLUE) records under the header's names."""
     text = _decoded(path)
     if delimiter == "\t":
         lines = [line.rstrip("\r").split("\t") for line in text.split("\n")]
         numbered = ((number, fields) for number, fields in enumerate(lines, start=1) if any(f.strip() for f in fields))
     else:
+        # A field can be as long as the file (long documents are data; truncation happens at tokenisation), not
+        # only csv's default 131,072 characters.
+        csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
         numbered = ((reader.line_num, fields) for fields in reader if any(f.strip() for f in fields))
     try:
@@ -135,6 +145,9 @@ def _delimited_records(path: Path, columns: list[str], delimiter: str) -> Iterat
     except StopIteration:
         raise DataFormatError(f"{path}: empty file (expected a header row naming the columns)") from None
     header = [name.strip() for name in header]
+    repeated = sorted(name for name, count in Counter(header).items() if count > 1 and name)
+    if repeated:
+        raise DataFormatError(f"{path}:1: column {repeated[0]!r} appears more than once in the header {header}")
     for column in columns:
         if column not in header:
             hint = ""
@@ -146,14 +159,18 @@ def _delimited_records(path: Path, columns: list[str], delimiter: str) -> Iterat
             raise DataFormatError(f"{path}:1: missing column {column!r}; the header has {header}{hint}")
     for number, fields in numbered:
         if len(fields) != len(header):
-            raise DataFormatError(
-                f"{path}:{number}: {len(fields)} fields, the header has {len(header)} "
-                f"(a stray {'tab' if delimiter == chr(9) else 'comma or quote'}?)"
+            yield (
+                f"{path}:{number}",
+                DataFormatError(
+                    f"{path}:{number}: {len(fields)} fields, the header has {len(header)} "
+                    f"(a stray {'tab' if delimiter == chr(9) else 'comma or quote'}?)"
+                ),
             )
-        yield f"{path}:{number}", dict(zip(header, fields))
+        else:
+            yield f"{path}:{number}", dict(zip(header, fields))
 
 
-def _json_records(path: Path, columns: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+def _json_records(path: Path, columns: list[str]) -> Iterator[tuple[str, Record]]:
     """JSON Lines (one object a line), or a .json file holding one array of objects."""
     text = _decoded(path)
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
@@ -165,19 +182,25 @@ def _json_records(path: Path, columns: list[str]) -> Iterator[tuple[str, dict[st
     else:
         numbered = ((f"{path}:{n}", _json_line(line, path, n)) for n, line in _text_lines(path))
     for place, item in numbered:
-        if not isinstance(item, dict):
-            raise DataFormatError(f"{place}: expected a JSON object with keys {columns}, found {type(item).__name__}")
-        for column in columns:
-            if column not in item:
-                raise DataFormatError(f"{place}: missing key {column!r}; the object has {sorted(item)}")
-        yield place, item
+        yield place, _json_record(item, place, columns)
+
+
+def _json_record(item: Any, place: str, columns: list[str]) -> Record:
+    if isinstance(item, DataFormatError):
+        return item
+    if not isinstance(item, dict):
+        return DataFormatError(f"{place}: expected a JSON object with keys {columns}, found {type(item).__name__}")
+    missing = [column for column in columns if column not in item]
+    if missing:
+        return DataFormatError(f"{place}: missing key {missing[0]!r}; the object has {sorted(item)}")
+    return item
 
 
 def _json_line(line: str, path: Path, number: int) -> Any:
     try:
         return json.loads(line)
     except json.JSONDecodeError as exc:
-        raise DataFormatError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        return DataFormatError(f"{path}:{number}: not valid JSON ({exc.msg})")
 
 
 def _parquet_records(path: Path, columns: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -273,8 +296,11 @@ def labelled_table(task: Task, rows: Rows, labels: np.ndarray, keep: np.ndarray)
     )
 
 
-def read_labelled_file(task: Task, path: Path, skip_bad_rows: bool) -> pa.Table:
-    """A labelled dev/test file of the task; a label train never had names its row."""
+def read_labelled_file(task: Task, path: Path, skip_bad_rows: bool, skipped: list[str] | None = None) -> pa.Table:
+    """A labelled dev/test file of the task; a label train never had names its row. The messages of rows left out
+    (``skip_bad_rows``) are added to ``skipped``."""
     rows = encode_labels(task, read_rows(path, task.text_columns, task.label_column, skip_bad_rows),
                           task.label_column, skip_bad_rows)  # fmt: skip
+    if skipped is not None:
+        skipped += rows.skipped
     return labelled_table(task, rows, np.asarray(rows.labels), np.arange(len(rows)))

@@ -5,6 +5,11 @@ TSV, JSONL or Parquet files under ``data.files_dir``. Either way the output is `
 ``train``, the dev and test splits, ``unlabelled`` (in-domain text without labels; empty for GLUE) and
 ``task.json`` (the task with its labels in class-index order, and how each split was made). Everything is read and
 checked before anything is written, and the folder is swapped in whole.
+
+No dev or test text reaches training: a task of your own loses the train rows that repeat a dev or test row (text,
+or pair of texts; counted in ``task.json`` as ``train_overlap_dropped``) and the unlabelled texts equal to any
+labelled text. GLUE's published splits are kept as they are (comparable with published results); their overlap is
+only logged.
 """
 
 from __future__ import annotations
@@ -55,6 +60,10 @@ def run_prepare(name: str, params: Params, out_root: Path = paths.PREPARED_DIR) 
         tables = _glue_tables(task, params)
         unlabelled = pa.table({"id": [], "text_a": [], "text_b": []}, schema=unlabelled_schema())
         record: dict[str, Any] = {"dev": "GLUE dev file(s)"}
+        held_out = _texts({split: table for split, table in tables.items() if split != "train"})
+        repeats = sum(pair in held_out for pair in _pairs(tables["train"]))
+        if repeats:
+            log.warning("%s: %d train rows repeat a dev or test row (GLUE's published splits, kept)", name, repeats)
     else:
         task, tables, unlabelled, record = prepare_own_task(name, definition, params)
     target = out_root / task.name
@@ -97,6 +106,7 @@ def prepare_own_task(
     record: dict[str, Any] = {"problem": "regression" if regression else "classification"}
 
     train = encode_labels(task, train, label_column, skip)
+    skipped = train.skipped  # every file's skipped rows (skip_bad_rows), counted in task.json
     train_labels = np.asarray(train.labels)
     rng = np.random.default_rng(params.seed)
     if definition.dev is None:
@@ -109,11 +119,19 @@ def prepare_own_task(
         tables = {"dev": labelled_table(task, train, train_labels, np.flatnonzero(dev_mask))}
         train_keep = np.flatnonzero(~dev_mask)
     else:
-        tables = {"dev": read_labelled_file(task, root / definition.dev, skip)}
+        tables = {"dev": read_labelled_file(task, root / definition.dev, skip, skipped)}
         record["dev"] = str(definition.dev)
         train_keep = np.arange(len(train))
     if definition.test is not None:
-        tables["test"] = read_labelled_file(task, root / definition.test, skip)
+        tables["test"] = read_labelled_file(task, root / definition.test, skip, skipped)
+    held_out = _texts(tables)
+    repeats = np.array([texts_of(train, int(i)) in held_out for i in train_keep], dtype=bool)
+    if repeats.all():
+        raise DataFormatError(f"{train.path}: every train row repeats a row of the dev or test file")
+    train_keep = train_keep[~repeats]
+    record["train_overlap_dropped"] = int(repeats.sum())
+    if repeats.any():
+        log.warning("%s: dropped %d train rows that repeat a dev or test row", name, repeats.sum())
 
     unlabelled_texts: list[tuple[str, str | None]] = []
     if definition.labelled_per_class is not None:
@@ -127,10 +145,12 @@ def prepare_own_task(
 
     for path in definition.unlabelled:
         rows = read_rows(root / path, text_columns, None, skip)
+        skipped += rows.skipped
         unlabelled_texts += [texts_of(rows, i) for i in range(len(rows))]
-    unlabelled, dropped = _deduplicated(unlabelled_texts, tables)
+    first_id = max(tables["train"].column("id").to_pylist(), default=-1) + 1  # ids disjoint from train's
+    unlabelled, dropped = _deduplicated(unlabelled_texts, tables, first_id)
     record["unlabelled_duplicates_dropped"] = dropped
-    record["skipped_rows"] = len(train.skipped)
+    record["skipped_rows"] = len(skipped)
     return task, tables, unlabelled, record
 
 
@@ -180,14 +200,22 @@ def _per_class(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.n
     return np.sort(np.concatenate(chosen))
 
 
-def _deduplicated(texts: list[tuple[str, str | None]], labelled: dict[str, pa.Table]) -> tuple[pa.Table, int]:
+def _pairs(table: pa.Table) -> list[tuple[str, str | None]]:
+    return list(zip(table.column("text_a").to_pylist(), table.column("text_b").to_pylist()))
+
+
+def _texts(tables: dict[str, pa.Table]) -> set[tuple[str, str | None]]:
+    """Every (text_a, text_b) of the tables."""
+    return {pair for table in tables.values() for pair in _pairs(table)}
+
+
+def _deduplicated(
+    texts: list[tuple[str, str | None]], labelled: dict[str, pa.Table], first_id: int
+) -> tuple[pa.Table, int]:
     """Unlabelled texts without repeats and without any text of a labelled split (dev and test text never leaks
-    into the transfer set); the table and how many were dropped."""
-    seen = {
-        (a, b)
-        for table in labelled.values()
-        for a, b in zip(table.column("text_a").to_pylist(), table.column("text_b").to_pylist())
-    }
+    into the transfer set), with ids from ``first_id`` on (after train's: each id is one original of the transfer
+    set); the table and how many were dropped."""
+    seen = _texts(labelled)
     kept = []
     for pair in texts:
         if pair not in seen:
@@ -195,7 +223,7 @@ def _deduplicated(texts: list[tuple[str, str | None]], labelled: dict[str, pa.Ta
             kept.append(pair)
     table = pa.table(
         {
-            "id": pa.array(np.arange(len(kept), dtype=np.int64)),
+            "id": pa.array(np.arange(first_id, first_id + len(kept), dtype=np.int64)),
             "text_a": pa.array([a for a, _ in kept], pa.string()),
             "text_b": pa.array([b for _, b in kept], pa.string()),
         },
