@@ -354,6 +354,39 @@ def predict(
             write_text(text, output)
 
 
+@app.command()
+def serve(
+    task: Annotated[str | None, typer.Option("--task", "-t", help="serve models/export/<task>")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="exported variant: onnx, int8, table, ... (default: the folder's default)")
+    ] = None,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="an exported student folder, anywhere (instead of models/export/<task>)")
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    threads: Annotated[int, typer.Option(min=1, help="onnxruntime intra-op threads")] = 1,
+    max_texts: Annotated[int, typer.Option(min=1, help="texts per request")] = 64,
+    max_chars: Annotated[int, typer.Option(min=1, help="characters per text")] = 2_000,
+    max_body_bytes: Annotated[int, typer.Option(min=1, help="request body size")] = 1_000_000,
+    max_batch: Annotated[int, typer.Option(min=1, help="texts per onnxruntime call (micro-batching)")] = 64,
+    batch_window_ms: Annotated[float, typer.Option(min=0, help="wait for more requests before a call")] = 1.0,
+    truncate: Annotated[bool, typer.Option(help="cut over-long texts to the model's length instead of a 422")] = False,
+) -> None:
+    """Serve an exported student over HTTP: POST /predict {"texts": [...]} (pairs: also "texts_b"), GET /health."""
+    from pipeline.serving.server import ServerSettings, export_folder
+    from pipeline.serving.server import serve as run_server
+
+    settings = ServerSettings(max_texts, max_chars, max_body_bytes, max_batch, batch_window_ms, threads, truncate)
+    with _user_errors():
+        try:
+            folder = export_folder(model_dir, task, paths.export_dir(task.lower()) if task else None)
+            run_server(folder, model, settings, host, port)
+        except ValueError as exc:  # not an export folder, another task's, an unknown variant
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+
 @shards_app.command("show")
 def shards_show(
     task: TaskOption,

@@ -147,6 +147,7 @@ def export_config(
         "format_version": deploy.FORMAT_VERSION,
         "task": task.name,
         "labels": list(task.labels) if task.labels is not None else None,
+        "pair": task.is_pair,  # read by the server (a joint encoding's inputs do not tell)
         "tokenizer": TOKENIZER_FILE,
         "max_length": encoder.max_length,
         "encoding": deploy.JOINT_ENCODING if isinstance(encoder, TransformerEncoder) else deploy.SEPARATE_ENCODING,
