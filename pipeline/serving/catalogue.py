@@ -111,10 +111,11 @@ def student_source(name: str, model_dir: Path, task: Task, missing: str | None =
         from pipeline.students.architectures import load_student
         from pipeline.students.base import count_parameters
         from pipeline.students.inference import predict
+        from pipeline.training.device import pick_device
 
         if missing is not None and not model_dir.is_dir():
             raise FileNotFoundError(f"{model_dir}: {missing}")
-        model, encoder = load_student(model_dir, device)
+        model, encoder = load_student(model_dir, device or pick_device())
         counter = copy.copy(encoder)
         counter.max_length = NO_LIMIT
 

@@ -15,7 +15,6 @@ from pipeline.students.biattentive import BiattentiveStudent
 from pipeline.students.bilstm import BiLSTMStudent
 from pipeline.students.encoding import StudentEncoder
 from pipeline.students.transformer import TransformerStudent
-from pipeline.training.device import pick_device
 
 ARCHITECTURES: dict[str, type[StudentModel]] = {
     cls.architecture: cls for cls in (BiLSTMStudent, BiattentiveStudent, TransformerStudent)
@@ -54,11 +53,11 @@ def read_student_config(model_dir: Path) -> dict[str, Any]:
 
 
 def load_student(model_dir: Path, device: torch.device | None = None) -> tuple[StudentModel, StudentEncoder]:
-    """Rebuild a saved student (eval mode, on ``device`` or the default device) and its encoder."""
+    """Rebuild a saved student (eval mode, on ``device``, default CPU) and its encoder."""
     model_dir = Path(model_dir)
     config = read_student_config(model_dir)
     specs = config.get("task_specs", {})
     tasks = [Task.from_dict(specs[name]) if name in specs else get_task(name) for name in config["tasks"]]
     model = get_architecture(config["architecture"]).from_config(config["model"], tasks)
     model.load_state_dict(torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True))
-    return model.to(device or pick_device()).eval(), StudentEncoder.load(model_dir / ENCODER_DIR)
+    return model.to(device or torch.device("cpu")).eval(), StudentEncoder.load(model_dir / ENCODER_DIR)

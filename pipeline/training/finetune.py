@@ -39,10 +39,10 @@ from pipeline.data.metrics import compute_metrics
 from pipeline.data.schema import table_texts
 from pipeline.data.tasks import Task
 from pipeline.params import TeacherParams
-from pipeline.serving.teacher import Encoded, batch_tensors, predict_logits, tokenize
 from pipeline.training.accelerator import RowTrace, process_rows
 from pipeline.training.checkpoint import Checkpoints, Progress
 from pipeline.training.sampling import TaskBatch, TaskBatchSampler
+from pipeline.training.teacher_io import Encoded, batch_tensors, predict_logits, tokenize
 from pipeline.training.tracking import training_log
 
 log = logging.getLogger(__name__)
