@@ -5,6 +5,7 @@ leave no checkpoint behind; checkpoints of other params or inputs, and unfinishe
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,12 +20,10 @@ import yaml
 from safetensors.torch import load_file
 
 from pipeline import paths
-from pipeline.data.tasks import get_task
-from pipeline.params import BiLSTMParams, Params, TrainParams, load_params
-from pipeline.stages.baseline import train_baseline
+from pipeline.params import load_params
 from pipeline.stages.prepare import run_prepare
 from pipeline.training.accelerator import accelerated
-from pipeline.training.checkpoint import Checkpoints, Progress, fingerprint
+from pipeline.training.checkpoint import CheckpointPlan, Checkpoints, Progress, fingerprint
 from tests.conftest import REPO_ROOT, tiny_params, write_sst2
 from tests.test_mkd import write_task
 from tests.test_student import sentiment_rows, teacher_dir, write_prepared, write_sst2_shards  # noqa: F401 (fixture)
@@ -43,15 +42,20 @@ def run_pipeline(project: Path, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def run_and_kill(project: Path, checkpoint_folder: Path, *args: str) -> None:
-    """Run ``python -m pipeline *args`` and SIGKILL it as soon as its first epoch checkpoint is complete."""
+def complete_epochs(checkpoint_folder: Path) -> list[int]:
+    return sorted(int(path.name.split("-")[1]) for path in checkpoint_folder.glob("epoch-*") if path.suffix != ".tmp")
+
+
+def run_and_kill(project: Path, checkpoint_folder: Path, *args: str) -> int:
+    """Run ``python -m pipeline *args`` and SIGKILL it as soon as its first epoch checkpoint is complete; return the
+    latest complete epoch it left."""
     log_path = project / "killed-run.log"
     with log_path.open("w") as log:
         process = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=project, env=pipeline_env(),
                                    stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
         deadline = time.monotonic() + KILL_TIMEOUT_S
         try:
-            while not any(path.suffix != ".tmp" for path in checkpoint_folder.glob("epoch-*")):
+            while not complete_epochs(checkpoint_folder):
                 if process.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(
                         f"no epoch checkpoint before the run ended or timed out:\n{log_path.read_text()[-3000:]}"
@@ -61,6 +65,7 @@ def run_and_kill(project: Path, checkpoint_folder: Path, *args: str) -> None:
             process.send_signal(signal.SIGKILL)
             process.wait()
     assert process.returncode == -signal.SIGKILL, f"the run ended before the kill:\n{log_path.read_text()[-3000:]}"
+    return complete_epochs(checkpoint_folder)[-1]
 
 
 def log_files(log_dir: Path) -> dict[str, str]:
@@ -77,19 +82,23 @@ def assert_same_tensors(first: dict[str, torch.Tensor], second: dict[str, torch.
 @dataclass(frozen=True)
 class Stage:
     args: tuple[str, ...]
-    checkpoints: Path
+    checkpoints: Path  # the run's checkpoint folder: the kill comes once it holds an epoch
     log_dir: Path
+    run: str  # the run's name in its log lines ("student sst2: resumed after epoch 1", "student sst2 epoch 2: ...")
 
 
 def check_resume(make_project, stage: Stage, tmp_path: Path) -> tuple[Path, Path]:
     """An uninterrupted run and a killed-then-resumed one; returns their project folders after checking that the
-    resumed run resumed, logged every epoch once (the same log) and removed its checkpoints."""
+    resumed run resumed from the epoch the kill left (before the last), logged every epoch once (the same log) and
+    removed its checkpoints."""
     whole, resumed = make_project(tmp_path / "whole"), make_project(tmp_path / "resumed")
-    run_pipeline(whole, *stage.args)
-    run_and_kill(resumed, resumed / stage.checkpoints, *stage.args)
-    assert (resumed / stage.checkpoints).is_dir()
-    result = run_pipeline(resumed, *stage.args)
-    assert "resumed after epoch" in result.stderr
+    whole_log = run_pipeline(whole, *stage.args).stderr
+    killed_at = run_and_kill(resumed, resumed / stage.checkpoints, *stage.args)
+    log = run_pipeline(resumed, *stage.args).stderr
+    assert f"{stage.run}: resumed after epoch {killed_at}\n" in log and "resumed after" not in whole_log
+    trained = [int(epoch) for epoch in re.findall(rf"^.*{stage.run} epoch (\d+): ", log, re.MULTILINE)]
+    assert trained[0] == killed_at + 1, log[-3000:]  # the epochs before the checkpoint's are not trained again
+    assert killed_at < max(trained) == max(map(int, re.findall(rf"{stage.run} epoch (\d+): ", whole_log)))
     assert not (resumed / paths.CHECKPOINT_DIR).exists() and not (whole / paths.CHECKPOINT_DIR).exists()
     assert log_files(resumed / stage.log_dir) == log_files(whole / stage.log_dir)  # no epoch logged twice
     return whole, resumed
@@ -109,7 +118,7 @@ def test_killed_student_resumes_to_the_same_model(tmp_path: Path, teacher_dir: P
         return project
 
     stage = Stage(("student", "--task", "sst2"), paths.checkpoint_dir("student", "sst2"),
-                  paths.training_log_dir("student", "sst2"))  # fmt: skip
+                  paths.training_log_dir("student", "sst2"), "student sst2")  # fmt: skip
     whole, resumed = check_resume(make_project, stage, tmp_path)
     model = paths.student_dir("sst2") / "model.pt"
     assert_same_tensors(torch.load(whole / model), torch.load(resumed / model))
@@ -126,7 +135,7 @@ def test_killed_teacher_resumes_to_the_same_model(tmp_path: Path, tiny_bert_dir:
         return project
 
     stage = Stage(("teacher", "--task", "sst2"), paths.checkpoint_dir("teacher", "sst2"),
-                  paths.training_log_dir("teacher", "sst2"))  # fmt: skip
+                  paths.training_log_dir("teacher", "sst2"), "teacher")  # fmt: skip
     whole, resumed = check_resume(make_project, stage, tmp_path)
     weights = paths.teacher_dir("sst2") / "model.safetensors"
     assert_same_tensors(load_file(whole / weights), load_file(resumed / weights))
@@ -193,91 +202,82 @@ def test_fingerprint_follows_params_inputs_and_processes(tmp_path: Path) -> None
     assert digest != fingerprint(params, [data, tmp_path / "absent"], 2)
     (data / "a.parquet").write_bytes(b"12345")
     assert digest != fingerprint(params, [data, tmp_path / "absent"], 1)
+    (data / "a.parquet").write_bytes(b"1235")  # same size, other bytes
+    assert digest != fingerprint(params, [data, tmp_path / "absent"], 1)
 
 
-# ---------------------------------------------------------------- interrupted in-process: MKD and the baseline
+def test_touching_an_input_keeps_the_checkpoints_changing_it_discards_them(tmp_path: Path) -> None:
+    """The fingerprint digests the inputs' content: a new modification time (touch, checkout) resumes; new bytes
+    start afresh."""
+    data, folder = tmp_path / "data", tmp_path / "checkpoints"
+    data.mkdir()
+    (data / "train.parquet").write_bytes(b"rows")
+    plan = CheckpointPlan(folder, {"seed": 1}, [data])
+    with accelerated("fp32", several_tasks=False) as accelerator:
+        digest = plan.open(accelerator).fingerprint
+    saved_run(folder, digest, epochs=2)
+    later = (data / "train.parquet").stat().st_mtime_ns + 10**10
+    os.utime(data / "train.parquet", ns=(later, later))
+    with accelerated("fp32", several_tasks=False) as accelerator:
+        assert plan.open(accelerator).fingerprint == digest
+    assert resumed_epoch(folder, digest)[:2] == (True, 2)
+    (data / "train.parquet").write_bytes(b"rowz")
+    with accelerated("fp32", several_tasks=False) as accelerator:
+        changed = plan.open(accelerator).fingerprint
+    assert changed != digest
+    assert resumed_epoch(folder, changed)[:2] == (False, 0) and not any(folder.iterdir())
 
 
-class Crash(Exception):
-    """Stands for a kill right after a checkpoint."""
+# ---------------------------------------------------------------- killed mid-run: MKD and the baseline
 
 
-def crash_after_saves(monkeypatch: pytest.MonkeyPatch, saves: int) -> None:
-    """Make ``Checkpoints.save`` raise ``Crash`` once it has written its ``saves``-th checkpoint."""
-    original, count = Checkpoints.save, [0]
+@pytest.mark.e2e
+def test_killed_baseline_resumes_to_the_same_model(tmp_path: Path, teacher_dir: Path) -> None:  # noqa: F811
+    def make_project(project: Path) -> Path:
+        write_prepared(project / paths.PREPARED_DIR, "sst2", "train", sentiment_rows(60, seed=3))
+        write_prepared(project / paths.PREPARED_DIR, "sst2", "dev", sentiment_rows(20, seed=2))
+        shutil.copytree(teacher_dir, project / paths.teacher_dir("sst2"))
+        (project / "params.yaml").write_text(yaml.safe_dump({
+            "tasks": ["sst2"], "threads": 1,
+            "bilstm": {"hidden_size": 8, "fc_hidden": 8, "max_length": 16, "dropout": 0.2},
+            "baseline": {"epochs": 8, "patience": 8, "batch_size": 16, "mixed_precision": "fp32"},
+        }))  # fmt: skip
+        return project
 
-    def save(self: Checkpoints, *args: object) -> None:
-        original(self, *args)
-        count[0] += 1
-        if count[0] == saves:
-            raise Crash
+    stage = Stage(("baseline", "--task", "sst2"), paths.checkpoint_dir("baseline", "sst2"),
+                  paths.training_log_dir("baseline", "sst2"), "baseline sst2")  # fmt: skip
+    whole, resumed = check_resume(make_project, stage, tmp_path)
+    model = paths.baseline_dir("sst2") / "model.pt"
+    assert_same_tensors(torch.load(whole / model), torch.load(resumed / model))
 
-    monkeypatch.setattr(Checkpoints, "save", save)
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("phase", [paths.MKD_JOINT, "sst2"])  # killed in joint distillation / sst2's fine-tuning
+def test_killed_mkd_resumes_to_the_same_students(tmp_path: Path, teacher_dir: Path, phase: str) -> None:  # noqa: F811
+    def make_project(project: Path) -> Path:
+        for task in ("sst2", "stsb"):
+            write_task(project / "data", task, n_originals=30)
+        training = {"epochs": 6, "patience": 6, "batch_size": 16, "batch_size_pair": 16, "optimizer": "adam",
+                    "learning_rate": 0.01, "mixed_precision": "fp32"}  # fmt: skip
+        (project / "params.yaml").write_text(yaml.safe_dump({
+            "tasks": ["sst2", "stsb"], "threads": 1, "teacher": {"checkpoint": str(teacher_dir)},
+            "bilstm": {"hidden_size": 8, "fc_hidden": 8, "max_length": 16, "dropout": 0.2},
+            "mkd": {"students": ["bilstm"], "teacher": "single", "init_from": "checkpoint", "finetune_epochs": 3,
+                    "training": {"bilstm": training}},
+        }))  # fmt: skip
+        return project
+
+    stage = Stage(("mkd", "--student", "bilstm"), paths.checkpoint_dir("mkd", "bilstm") / phase,
+                  paths.training_log_dir("mkd", "bilstm"),
+                  "mkd bilstm" if phase == paths.MKD_JOINT else f"mkd bilstm fine-tune {phase}")  # fmt: skip
+    whole, resumed = check_resume(make_project, stage, tmp_path)
+    finetune_logs = paths.training_log_dir("mkd_finetune", "bilstm")
+    assert log_files(resumed / finetune_logs) == log_files(whole / finetune_logs)
+    first, second = (student_weights(root / paths.mkd_dir("bilstm")) for root in (whole, resumed))
+    assert list(first) == ["multitask/model.pt", "sst2/model.pt", "stsb/model.pt"] and list(second) == list(first)
+    for name in first:
+        assert_same_tensors(first[name], second[name])
 
 
 def student_weights(root: Path) -> dict[str, dict[str, torch.Tensor]]:
     return {str(path.relative_to(root)): torch.load(path) for path in sorted(root.rglob("model.pt"))}
-
-
-def mkd_run(root: Path, params: Params, checkpoint_dir: Path) -> None:
-    from pipeline.stages.mkd import run_mkd
-
-    run_mkd("bilstm", params, root / "logits", root / "prepared", root / "unused", root / "models", root / "log",
-            root / "finetune-log", checkpoint_dir)  # fmt: skip
-
-
-@pytest.mark.parametrize("saves", [2, 4])  # joint epochs 1-3, then one fine-tuning epoch per task: 5 saves in all
-def test_interrupted_mkd_resumes_to_the_same_students(
-    tmp_path: Path, teacher_dir: Path, monkeypatch: pytest.MonkeyPatch, saves: int,  # noqa: F811
-) -> None:  # fmt: skip
-    training = {"epochs": 3, "patience": 3, "batch_size": 16, "batch_size_pair": 16, "optimizer": "adam",
-                "learning_rate": 0.01}  # fmt: skip
-    params = Params.model_validate({
-        "tasks": ["sst2", "stsb"], "teacher": {"checkpoint": str(teacher_dir)},
-        "bilstm": {"hidden_size": 8, "fc_hidden": 8, "max_length": 16, "dropout": 0.2},
-        "mkd": {"teacher": "single", "init_from": "checkpoint", "finetune_epochs": 1, "training": {"bilstm": training}},
-    })  # fmt: skip
-    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    for root in (whole, resumed):
-        for task in params.tasks:
-            write_task(root, task, n_originals=20)
-    mkd_run(whole, params, whole / "checkpoints")
-    with monkeypatch.context() as patch:
-        crash_after_saves(patch, saves)
-        with pytest.raises(Crash):
-            mkd_run(resumed, params, resumed / "checkpoints")
-    assert not (resumed / "models").exists()
-    mkd_run(resumed, params, resumed / "checkpoints")
-    assert not (resumed / "checkpoints").exists()
-    first, second = student_weights(whole / "models"), student_weights(resumed / "models")
-    assert list(first) == ["multitask/model.pt", "sst2/model.pt", "stsb/model.pt"] and list(second) == list(first)
-    for name in first:
-        assert_same_tensors(first[name], second[name])
-    for log_dir in ("log", "finetune-log"):
-        assert log_files(resumed / log_dir) == log_files(whole / log_dir)
-
-
-def test_interrupted_baseline_resumes_to_the_same_model(
-    tmp_path: Path, teacher_dir: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
-) -> None:  # fmt: skip
-    train = {"epochs": 4, "patience": 4, "batch_size": 16}
-    params = Params(bilstm=BiLSTMParams(hidden_size=8, fc_hidden=8, max_length=16, dropout=0.2),
-                    baseline=TrainParams(**train))  # fmt: skip
-    runs = {}
-    for name, crash in (("whole", None), ("resumed", 2)):
-        root = tmp_path / name
-        write_prepared(root / "prepared", "sst2", "train", sentiment_rows(60, seed=3))
-        write_prepared(root / "prepared", "sst2", "dev", sentiment_rows(20, seed=2))
-        run = [get_task("sst2"), params, root / "prepared", teacher_dir, root / "model", root / "log", root / "ckpt"]
-        if crash:
-            with monkeypatch.context() as patch:
-                crash_after_saves(patch, crash)
-                with pytest.raises(Crash):
-                    train_baseline(*run)
-        train_baseline(*run)
-        assert not (root / "ckpt").exists()
-        runs[name] = root
-    assert_same_tensors(
-        torch.load(runs["whole"] / "model" / "model.pt"), torch.load(runs["resumed"] / "model" / "model.pt")
-    )
-    assert log_files(runs["resumed"] / "log") == log_files(runs["whole"] / "log")

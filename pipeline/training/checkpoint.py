@@ -8,9 +8,10 @@ Python, NumPy and torch RNG states, and the objects registered with ``register_f
 fingerprint. An epoch is written as ``epoch-<n>.tmp`` and renamed when every process has written its part; older
 epochs are deleted after that, so a kill at any moment leaves a complete epoch or none.
 
-The fingerprint digests what the run depends on: the params sections its stage reads, the size and modification time
-of every input file, and the number of processes. A checkpoint with another fingerprint is deleted, not resumed. The
-stage deletes its checkpoint folder once it has saved its outputs.
+The fingerprint digests what the run depends on: the params sections its stage reads, the content (SHA-256) of every
+input file, and the number of processes. A checkpoint with another fingerprint is deleted, not resumed; an input
+rewritten with the same bytes (``touch``, a checkout, ``dvc checkout``) keeps it. The stage deletes its checkpoint
+folder once it has saved its outputs.
 """
 
 from __future__ import annotations
@@ -53,14 +54,14 @@ class Progress:
 
 
 def fingerprint(params: Mapping[str, Any], inputs: Sequence[Path], processes: int) -> str:
-    """A digest of what a run depends on: ``params`` (params sections: pydantic models or plain values), the size and
-    modification time of every file in ``inputs`` (files or folders, searched recursively) and the process count."""
+    """A digest of what a run depends on: ``params`` (params sections: pydantic models or plain values), the content
+    of every file in ``inputs`` (files or folders, searched recursively; SHA-256, streamed) and the process count."""
     files = []
     for root in map(Path, inputs):
         for path in sorted(root.rglob("*")) if root.is_dir() else [root]:
             if path.is_file():
-                stat = path.stat()
-                files.append([str(path), stat.st_size, stat.st_mtime_ns])
+                with path.open("rb") as handle:
+                    files.append([str(path), hashlib.file_digest(handle, "sha256").hexdigest()])
     sections = {
         name: value.model_dump(mode="json") if isinstance(value, BaseModel) else value for name, value in params.items()
     }
