@@ -12,6 +12,8 @@ TEACHER_DIR = Path("models/teacher")
 MT_TEACHER_DIR = Path("models/mt_teacher")
 STUDENT_DIR = Path("models/student")
 BASELINE_DIR = Path("models/baseline")
+STATIC_DIR = Path("models/static")
+MODEL2VEC_DIR = Path("models/model2vec")
 MKD_DIR = Path("models/mkd")
 MKD_JOINT = "multitask"  # folder (under models/mkd/<architecture>) of the jointly distilled student
 EXPORT_DIR = Path("models/export")
@@ -57,6 +59,16 @@ def student_dir(task: str, root: Path = STUDENT_DIR) -> Path:
 
 
 def baseline_dir(task: str, root: Path = BASELINE_DIR) -> Path:
+    return root / task
+
+
+def static_dir(task: str, root: Path = STATIC_DIR) -> Path:
+    """The static student of ``task`` (model2vec-initialised embeddings, mean-pooled, MLP head)."""
+    return root / task
+
+
+def model2vec_dir(task: str, root: Path = MODEL2VEC_DIR) -> Path:
+    """The model2vec reference model of ``task`` (the ``reference`` stage): a model2vec pipeline folder."""
     return root / task
 
 
@@ -110,6 +122,16 @@ def mkd_export_metrics(architecture: str, root: Path = METRICS_DIR) -> Path:
     return root / "export" / "mkd" / f"{architecture}.json"
 
 
+def static_export_dir(task: str, root: Path = EXPORT_DIR) -> Path:
+    """Deployable static student of ``task`` (as ``export_dir``)."""
+    return root / "static" / task
+
+
+def static_export_metrics(task: str, root: Path = METRICS_DIR) -> Path:
+    """Parity and dev metrics of the static student's exported variants."""
+    return root / "export" / "static" / f"{task}.json"
+
+
 def export_metrics(task: str, root: Path = METRICS_DIR) -> Path:
     """Parity and dev metrics of the exported variants."""
     return root / "export" / f"{task}.json"
@@ -121,3 +143,63 @@ COMPARISON_TABLE = METRICS_DIR / "comparison.md"
 COMPARISON_REPORTS = METRICS_DIR / "comparison_reports.json"  # every task's full evaluation report
 QUALITY_VS_SPEED = METRICS_DIR / "quality_vs_speed.json"  # one point per model: average and CPU speed (a DVC plot)
 QUALITY_VS_SPEED_PNG = METRICS_DIR / "quality_vs_speed.png"  # the same points drawn, for the docs
+
+
+# --- what each stage reads: its data deps in dvc.yaml --------------------------------------------------------------
+# A stage that reads a file DVC does not know about is skipped when that file changes (a stale transfer set, say), so
+# each stage's data deps are declared here, from the path functions the stages read through, and
+# tests/test_dvc_deps.py fails unless dvc.yaml lists exactly these (as it does for the code deps). Templates as dvc.yaml
+# writes them: ITEM is the task (or MKD architecture) of a foreach stage, ${item.task} mt_score's task, other ${...}
+# are params.
+ITEM = "${item}"
+MATRIX_TASK = "${item.task}"
+
+
+def prepared_dir(task: str, root: Path = PREPARED_DIR) -> Path:
+    """A task's prepared folder: its splits and ``task.json`` (``pipeline.data.tasks.TASK_FILE``)."""
+    return root / task
+
+
+STAGE_INPUTS: dict[str, tuple[Path | str, ...]] = {
+    # every file of task_defs is relative to data.files_dir; GLUE's folder (data.glue_dir) lies inside it by default
+    # (a GLUE file outside it is not watched: GLUE's published files do not change, and a new data.glue_dir reruns
+    # prepare through its `data` params). One folder a task of your own names, nothing it does not.
+    "prepare": ("${data.files_dir}",),
+    "teacher": (prepared_dir(ITEM),),
+    "mt_teacher": (PREPARED_DIR,),
+    # the labelled originals, the unlabelled text joined to them, and the task (the CLI resolves it from task.json)
+    "augment": (
+        prepared_split(ITEM, "train"),
+        prepared_split(ITEM, "unlabelled"),
+        prepared_dir(ITEM) / "task.json",
+    ),
+    "score": (transfer_set(ITEM), teacher_dir(ITEM)),
+    "mt_score": (transfer_set(MATRIX_TASK), mt_teacher_dir(MATRIX_TASK)),
+    "student": (shard_dir(ITEM), prepared_dir(ITEM), teacher_dir(ITEM)),
+    "baseline": (prepared_dir(ITEM), teacher_dir(ITEM)),
+    "reference": (prepared_dir(ITEM),),
+    "export": (prepared_dir(ITEM), transfer_set(ITEM), student_dir(ITEM)),
+    "evaluate": (
+        prepared_dir(ITEM),
+        teacher_dir(ITEM),
+        student_dir(ITEM),
+        baseline_dir(ITEM),
+        export_dir(ITEM),
+        model2vec_dir(ITEM),
+    ),
+    # models/teacher: the single-task teachers, averaged where an init_from is teachers. models/mt_teacher (init_from:
+    # mt_teacher) is read through STAGE_INPUTS_VIA: DVC cannot list a dep only when a param has some value.
+    "mkd": (LOGITS_DIR / "${mkd.teacher}", PREPARED_DIR, TEACHER_DIR),
+    "export_mkd": (PREPARED_DIR, AUGMENTED_DIR, mkd_dir(ITEM)),
+    "compare": (PREPARED_DIR, TEACHER_DIR, STUDENT_DIR, BASELINE_DIR, MKD_DIR, EXPORT_DIR, MODEL2VEC_DIR),
+}
+
+# Reads a stage cannot list, each with the dep of the stage that covers it: mkd's init_from: mt_teacher is valid only
+# with mkd.teacher: multitask (params), so data/logits/multitask, made by mt_score from models/mt_teacher/<task>,
+# changes whenever the multi-task teacher does.
+STAGE_INPUTS_VIA: dict[str, dict[Path, Path | str]] = {"mkd": {MT_TEACHER_DIR: LOGITS_DIR / "${mkd.teacher}"}}
+
+
+def stage_inputs(stage: str) -> set[str]:
+    """The data deps of ``stage`` as dvc.yaml writes them (an unknown stage has none declared)."""
+    return {Path(path).as_posix() for path in STAGE_INPUTS.get(stage, ())}

@@ -131,7 +131,7 @@ MULTITASK = {"mt_teacher": {"build": ["multitask"]}, "mkd": {"teacher": "multita
 def copy_project(dest: Path) -> Path:
     """Copy the pipeline's sources (not data or models) into ``dest`` as a fresh git + DVC project."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+    for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(REPO_ROOT / name, dest / name)
     shutil.copytree(REPO_ROOT / "pipeline", dest / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     return dest

@@ -1,4 +1,5 @@
-"""dvc.yaml's code deps cannot drift: each stage lists exactly the pipeline files its command can import.
+"""dvc.yaml's deps cannot drift: each stage lists exactly the pipeline files its command can import, and exactly the
+data pipeline/paths.py declares it reads (``STAGE_INPUTS``).
 
 A missing file means DVC can skip a needed rerun; a superfluous one reruns a stage for code it does not use. The
 import closure is static (``tests/import_closure.py``): the test reads sources and imports nothing from pipeline/.
@@ -14,11 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline import paths
 from tests.import_closure import (
     check_stages,
     closure_files,
     command_files,
     import_chain,
+    is_code_dep,
     module_closure,
     read_cli,
     rewrite_code_deps,
@@ -39,6 +42,58 @@ def test_stage_code_deps_are_its_import_closure(stage):
     report = _report(ROOT, DVC_YAML, stage)
     assert report.expected, f"{stage}: empty import closure (is {report.command!r} wired to a module?)"
     assert report.ok, report.message()
+
+
+def _data_deps(definition: dict) -> set[str]:
+    body = definition.get("do", definition)
+    deps = [next(iter(dep)) if isinstance(dep, dict) else dep for dep in body.get("deps", [])]
+    return {str(dep) for dep in deps if not is_code_dep(str(dep))}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_data_deps_are_what_it_reads(stage):
+    """dvc.yaml's data deps of a stage are what pipeline/paths.py declares the stage reads (STAGE_INPUTS)."""
+    listed = _data_deps(DVC_YAML["stages"][stage])
+    declared = paths.stage_inputs(stage)
+    assert stage in paths.STAGE_INPUTS, (
+        f"stage {stage!r}: declare the files and folders it reads in pipeline/paths.py STAGE_INPUTS "
+        f"(dvc.yaml lists {sorted(listed)})"
+    )
+    assert listed == declared, (
+        f"stage {stage!r}: dvc.yaml's data deps differ from what it reads (pipeline/paths.py STAGE_INPUTS): "
+        f"missing {sorted(declared - listed)}, superfluous {sorted(listed - declared)}"
+    )
+
+
+def test_every_declared_stage_is_in_dvc_yaml():
+    assert set(paths.STAGE_INPUTS) <= set(STAGES), set(paths.STAGE_INPUTS) - set(STAGES)
+
+
+def test_a_read_a_stage_cannot_list_is_covered_by_the_stage_that_makes_its_dep():
+    """mkd reads models/mt_teacher (init_from: mt_teacher) through data/logits/${mkd.teacher}: with
+    mkd.teacher: multitask that is mt_score's output, and mt_score depends on the multi-task teacher."""
+    outs = {}
+    for stage, definition in DVC_YAML["stages"].items():
+        body = definition.get("do", definition)
+        for out in body.get("outs", []):
+            outs[str(next(iter(out)) if isinstance(out, dict) else out)] = stage
+    for stage, reads in paths.STAGE_INPUTS_VIA.items():
+        for read, via in reads.items():
+            via = Path(via).as_posix()
+            assert via in _data_deps(DVC_YAML["stages"][stage]), f"{stage}: {via} is not among its deps"
+            rendered = via.replace("${mkd.teacher}", "multitask")
+            makers = [maker for out, maker in outs.items() if Path(out).parent.as_posix() == rendered]
+            assert makers, f"no stage writes {rendered}/<task>"
+            for maker in makers:
+                assert any(dep.startswith(read.as_posix()) for dep in _data_deps(DVC_YAML["stages"][maker])), (
+                    f"{maker} makes {rendered} but does not depend on {read}: {stage} would miss its change"
+                )
+
+
+def test_the_declared_task_file_is_the_one_stages_read():
+    from pipeline.data.tasks import task_file
+
+    assert task_file(paths.ITEM, paths.PREPARED_DIR).as_posix() in paths.stage_inputs("augment")
 
 
 def test_no_catch_all_code_dep():

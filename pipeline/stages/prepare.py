@@ -85,6 +85,11 @@ def _glue_tables(task: Task, params: Params) -> dict[str, pa.Table]:
             f"{task_dir}: GLUE data folder for task {task.name} not found "
             f"(set data.glue_dir in params.yaml or the {GLUE_DIR_ENV} environment variable)"
         )
+    if not task_dir.resolve().is_relative_to(params.data.files_dir.resolve()):
+        log.warning(
+            "%s is outside data.files_dir (%s), prepare's DVC dependency: DVC does not see a change of its files",
+            task_dir, params.data.files_dir,
+        )  # fmt: skip
     splits = (*task.dev_splits, *task.test_splits)
     tables = {split: read_glue_tsv(task, task_dir / f"{split}.tsv", params.data.skip_bad_rows) for split in splits}
     train = read_glue_tsv(task, task_dir / "train.tsv", params.data.skip_bad_rows)
