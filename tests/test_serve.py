@@ -209,11 +209,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_a_real_uvicorn_process_serves_without_importing_torch(exports):
+def test_a_real_uvicorn_process_serves_without_importing_torch(exports, tmp_path):
+    """Outside the workspace (no params.yaml, no models/), from the folder alone."""
     folder, port = exports["sst2"], free_port()
     command = [sys.executable, "-X", "importtime", "-m", "pipeline", "serve", "--model-dir", str(folder),
                "--port", str(port), "--model", "int8"]  # fmt: skip
-    server = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
+    server = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -337,8 +338,14 @@ def export_folder(model_dir: Path | None, task: str | None, default: Path | None
 
 
 def serve(folder: Path, variant: str | None, settings: ServerSettings, host: str, port: int) -> None:
-    """Serve until interrupted: one uvicorn worker (uvloop and httptools when installed), no access log."""
+    """Serve until interrupted: one uvicorn worker (uvloop and httptools when installed), no access log.
+
+    The process runs two busy threads, the event loop (HTTP, JSON, tokenising) and the onnxruntime worker, so the
+    tokenizer's own thread pool is off unless ``TOKENIZERS_PARALLELISM`` says otherwise (it oversubscribes the
+    cores under load)."""
     import uvicorn
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     app = create_app(folder, variant, settings)
     uvicorn.run(app, host=host, port=port, workers=1, access_log=False, log_level="info")
