@@ -3,7 +3,8 @@ batches and trains on a disjoint share of each; the one model the main process s
 
 The runs use plain SGD (``tests/sgd_launch.py``), whose update is the gradient itself, so a wrong loss weight
 between the processes' shares shows in the weights. Row and batch counts leave uneven shares and a one-row batch
-(one process gets an empty share).
+(one process gets an empty share). One run uses the configured optimisers (Adam, with lazy Adam on the embedding
+table), whose update of rows outside a batch tells a sparse optimiser from a dense one.
 """
 
 from __future__ import annotations
@@ -41,22 +42,24 @@ BATCH_SIZE = 9
 SMALL_BILSTM = {"hidden_size": 8, "fc_hidden": 8, "max_length": 16, "dropout": 0.0}
 
 
-def launch(project: Path, processes: int, *args: str) -> subprocess.CompletedProcess:
-    """``python -m pipeline *args`` with SGD in ``processes`` processes (torchrun for more than one)."""
+def launch(project: Path, processes: int, *args: str, sgd: bool = True) -> subprocess.CompletedProcess:
+    """``python -m pipeline *args`` in ``processes`` processes (torchrun for more than one), with SGD unless ``sgd``
+    is False."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", TRACE_ROWS_ENV: str(project / "trace")}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    command = [*(torchrun if processes > 1 else [sys.executable]), str(LAUNCHER), *args]
+    entry = [str(LAUNCHER)] if sgd else ["-m", "pipeline"]
+    command = [*(torchrun if processes > 1 else [sys.executable]), *entry, *args]
     result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{command} failed:\n{result.stderr[-5000:]}"
     assert f"{processes} process(es) on cpu" in result.stderr
     return result
 
 
-def both_runs(make_project, tmp_path: Path, *args: str) -> tuple[Path, Path]:
+def both_runs(make_project, tmp_path: Path, *args: str, sgd: bool = True) -> tuple[Path, Path]:
     """The same project trained in one process and in two; returns (one, two)."""
     one, two = make_project(tmp_path / "one"), make_project(tmp_path / "two")
-    launch(one, 1, *args)
-    launch(two, 2, *args)
+    launch(one, 1, *args, sgd=sgd)
+    launch(two, 2, *args, sgd=sgd)
     return one, two
 
 
@@ -124,6 +127,26 @@ def test_two_process_student_equals_one_process(tmp_path: Path, teacher_dir: Pat
     one, two = both_runs(make_project, tmp_path, "student", "--task", "sst2")
     assert_disjoint_shares(two, N_SHARD_ROWS, epochs=2)
     assert (two / paths.training_log_dir("student", "sst2") / "metrics.json").is_file()
+    difference = max_difference(one / paths.student_dir("sst2"), two / paths.student_dir("sst2"))
+    assert difference < TOLERANCE, difference
+
+
+def test_two_process_adam_student_equals_one_process(tmp_path: Path, teacher_dir: Path) -> None:  # noqa: F811
+    """Adam on the dense weights, lazy Adam (``SparseAdam``) on the WordPiece table in both runs: dense Adam on the
+    table would keep moving rows that left the batch (by their moments), which one process never does."""
+
+    def make_project(project: Path) -> Path:
+        write_shards_in_three_files(paths.shard_dir("sst2", "single", project / paths.LOGITS_DIR))
+        write_prepared(project / paths.PREPARED_DIR, "sst2", "dev", sentiment_rows(30, seed=2))
+        shutil.copytree(teacher_dir, project / paths.teacher_dir("sst2"))
+        student = {"epochs": 2, "batch_size": BATCH_SIZE, "optimizer": "adam", "learning_rate": 0.01,
+                   "mixed_precision": "fp32"}  # fmt: skip
+        write_params(project, bilstm=SMALL_BILSTM, student=student)
+        return project
+
+    one, two = both_runs(make_project, tmp_path, "student", "--task", "sst2", sgd=False)
+    first, second = (torch.load(root / paths.student_dir("sst2") / "model.pt") for root in (one, two))
+    assert not torch.equal(first["embedding.weight"], first["frozen_embedding.weight"])  # the table trained
     difference = max_difference(one / paths.student_dir("sst2"), two / paths.student_dir("sst2"))
     assert difference < TOLERANCE, difference
 

@@ -6,9 +6,11 @@ and precision (autocast around the model's forward; fp16 with Accelerate's grad 
 batches from the seed, trains on its share of each and weights the share's mean loss by ``processes x share rows /
 batch rows``, so that DDP's gradient average is the gradient of the batch's mean loss. In one process the weight is
 exactly 1.0 and the embedding tables keep their sparse gradients; under DDP they get dense ones (NCCL and gloo cannot
-all-reduce sparse gradients). After every epoch the main process scores the dev sets and broadcasts the metrics, so
-that every process makes the same early-stopping decision; with ``checkpoints`` the epoch is then checkpointed, and a
-run resumed from a checkpoint ends with the same model as one never interrupted.
+all-reduce sparse gradients), turned back into the global batch's rows after the all-reduce, so that the same sparse
+optimiser (lazy Adam, sparse Adadelta) updates the same rows in both. After every epoch the main process scores the
+dev sets and broadcasts the metrics, so that every process makes the same early-stopping decision; with
+``checkpoints`` the epoch is then checkpointed, and a run resumed from a checkpoint ends with the same model as one
+never interrupted.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pipeline.students.inference import predict_encoded
 from pipeline.training.accelerator import RowTrace, process_rows, release
 from pipeline.training.checkpoint import Checkpoints, Progress
 from pipeline.training.losses import LossFn
-from pipeline.training.optim import build_optimizers
+from pipeline.training.optim import build_optimizers, sparsify_gradients
 from pipeline.training.sampling import TaskBatchSampler
 from pipeline.training.tracking import TrainingLog, training_log
 
@@ -129,11 +131,6 @@ def fit(
     epochs and steps keys in the log line and the result that say which of the two set the training length.
     """
     main = accelerator.is_main_process
-    if accelerator.num_processes > 1:
-        for module in model.modules():
-            if isinstance(module, nn.Embedding):
-                module.sparse = False
-    forward = accelerator.prepare(StudentForward(model))
     device = accelerator.device
     sampler = TaskBatchSampler(
         {name: d.train.lengths for name, d in data.items()},
@@ -143,7 +140,13 @@ def fit(
     steps_per_epoch = sampler.batches_per_epoch()
     max_epochs = hp.max_epochs(steps_per_epoch)
     length = hp.length_rule(steps_per_epoch, length_keys)
+    # the sparse tables go to the sparse optimisers in any case; under DDP they compute dense gradients
     optimizers, schedulers = build_optimizers(hp, model, max_epochs * steps_per_epoch)
+    if accelerator.num_processes > 1:
+        for module in model.modules():
+            if isinstance(module, nn.Embedding):
+                module.sparse = False
+    forward = accelerator.prepare(StudentForward(model))
     progress = FitProgress()
     accelerator.register_for_checkpointing(progress, sampler, *optimizers, *schedulers)
     if checkpoints is not None and checkpoints.resume(accelerator, log_dir):
@@ -199,6 +202,8 @@ def _train_epoch(
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss * (processes * counted / len(batch)))
+        if processes > 1:
+            sparsify_gradients(optimizers)
         step_optimizers(optimizers, accelerator)
         for scheduler in schedulers:
             scheduler.step()

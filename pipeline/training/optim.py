@@ -1,5 +1,7 @@
-"""Optimisers for student training: a dense optimiser plus its sparse counterpart for embedding tables with sparse
-gradients (one process; under DDP ``fit`` gives the tables dense gradients and the dense optimiser takes them)."""
+"""Optimisers for student training: a dense optimiser plus its sparse counterpart for the embedding tables with
+sparse gradients. Under DDP the tables get dense gradients (NCCL and gloo cannot all-reduce sparse ones);
+``sparsify_gradients`` turns the all-reduced gradient back into the rows the global batch touched, so that the same
+sparse optimiser takes them whatever the number of processes."""
 
 from __future__ import annotations
 
@@ -76,3 +78,24 @@ def build_optimizers(
         warmup = int(hp.warmup_ratio * total_steps)
         schedulers = [get_linear_schedule_with_warmup(opt, warmup, total_steps) for opt in optimizers]
     return optimizers, schedulers
+
+
+SPARSE_OPTIMIZERS = (SparseAdadelta, torch.optim.SparseAdam)
+
+
+@torch.no_grad()
+def sparsify_gradients(optimizers: list[torch.optim.Optimizer]) -> None:
+    """Give the sparse optimisers' tables the sparse gradient of their dense one (DDP): the rows with a non-zero
+    gradient, which are the rows of the global batch's tokens, as one process's sparse gradient holds them. (A batch
+    row whose gradient is exactly zero would be left out; the padding row's gradient is always zero, and so is its
+    moment, so the sparse optimisers leave it unchanged either way.)"""
+    for optimizer in optimizers:
+        if not isinstance(optimizer, SPARSE_OPTIMIZERS):
+            continue
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                grad = param.grad
+                if grad is None or grad.is_sparse:
+                    continue
+                rows = grad.flatten(1).ne(0).any(dim=1).nonzero().squeeze(1)
+                param.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grad[rows], grad.shape).coalesce()
