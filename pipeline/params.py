@@ -234,10 +234,11 @@ class TrainParams(_Section):
         """Which setting decided the training length, in words, for the log and the training summary; ``keys``: the
         params keys of ``epochs`` and ``steps`` (``student.epochs``, ``student.steps``)."""
         epochs = self.max_epochs(steps_per_epoch)
+        up_to = f"up to {epochs} epoch{'s' if epochs != 1 else ''}"
         if self.epochs is not None:
-            chosen = f"up to {epochs} epochs ({keys[0]})"
+            chosen = f"{up_to} ({keys[0]})"
         else:
-            chosen = f"up to {epochs} epochs ({keys[1]} {self.steps} at {steps_per_epoch:,} steps an epoch)"
+            chosen = f"{up_to} ({keys[1]} {self.steps} at {steps_per_epoch:,} steps an epoch)"
         return f"{chosen}, early stopping patience {self.patience}"
 
 
@@ -253,18 +254,28 @@ class StudentParams(TrainParams):
     logit_temperature: float = Field(default=1.0, gt=0)
 
 
+class StaticTrainingParams(StudentParams):
+    """The static student's KD training (``static.training``, same keys as ``student``): Adam (lazy SparseAdam for the
+    embedding table) on a 20,000-step budget; each step is cheap."""
+
+    steps: int | None = Field(default=20000, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    optimizer: Literal["adadelta", "adam", "adamw"] = "adam"
+    learning_rate: float = Field(default=1e-3, gt=0)
+    mixed_precision: Literal["auto", "fp32", "bf16"] = "fp32"
+
+
 class StaticParams(_Section):
     """The static student (``pipeline.students.static``, docs/static-student.md): model2vec-distilled token
     embeddings, mean-pooled, an MLP head per task, trained by the KD loop on the teacher's logit shards."""
 
     distill_from: Literal["teacher", "checkpoint"] = "teacher"  # the fine-tuned task teacher | teacher.checkpoint
     pca_dims: int | None = Field(default=256, gt=0)  # embedding width (model2vec's PCA; None: the teacher's width)
+    normalize: bool = True  # L2-normalise the mean-pooled sentence vector (model2vec's default)
     hidden_size: int = Field(default=256, gt=0)  # the head's ReLU layer
     dropout: float = Field(default=0.1, ge=0, lt=1)
     max_length: int = Field(default=128, gt=0)  # student tokens per sentence
-    training: StudentParams = StudentParams(
-        steps=20000, batch_size=64, batch_size_pair=64, optimizer="adam", learning_rate=1e-3, mixed_precision="fp32"
-    )
+    training: StaticTrainingParams = StaticTrainingParams()
 
 
 # Where an MKD student's WordPiece embeddings (and the transformer's layers) start: teacher.checkpoint (as published),
@@ -331,17 +342,33 @@ class TfidfParams(_Section):
     max_features: int | None = Field(default=None, gt=0)  # per vectorizer (word, char) and text column; None: all
 
 
+class Model2VecParams(_Section):
+    """The model2vec reference model (``reference`` stage, ``pipeline.serving.model2vec_classifier``): static
+    embeddings distilled from ``teacher.checkpoint``, then the library's classifier (regressor) fitted on them."""
+
+    pca_dims: int | None = Field(default=256, gt=0)  # PCA width of the distilled embeddings; None: the teacher's
+    hidden_dim: int = Field(default=512, gt=0)  # width of the MLP head's hidden layers
+    n_layers: int = Field(default=1, ge=0)  # hidden layers of the head (0: a linear head)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    batch_size: int | None = Field(default=None, gt=0)  # None: the library's choice (a multiple of 32 from the rows)
+    max_epochs: int = Field(default=100, gt=0)  # a cap; early stopping on dev ends training first
+    patience: int = Field(default=5, gt=0)  # dev checks without improvement before stopping
+
+
 ExportVariant = Literal["int8", "table"]
 
 
 class ExportParams(_Section):
     """Deployable student: ONNX (always), plus optional variants; checks against the PyTorch student on dev."""
 
-    variants: list[ExportVariant] = Field(default_factory=lambda: ["int8", "table"])
+    variants: list[ExportVariant] = Field(default_factory=lambda: ["int8"])  # int8: the default deployable
+    prune_vocabulary: bool = True  # embedding rows of the tokens of the transfer set, train, dev and test only
     opset: int = Field(default=17, ge=14)
     int8_weight_type: Literal["qint8", "quint8"] = "qint8"
     int8_per_channel: bool = False
     int8_ops: list[str] = Field(default_factory=lambda: ["LSTM", "MatMul", "Gemm", "Gather"], min_length=1)
+    table_bits: Literal[4, 8] = 8  # int8 variant's embedding tables (Gather in int8_ops): 8 bits a row, or 4 bits
+    table_block_size: int = Field(default=32, ge=16)  # 4 bits: columns per scale (a power of 2 dividing the width)
     parity_tolerance: float = Field(default=1e-4, gt=0)
     max_int8_drop: float = Field(default=0.5, ge=0)
     check_batch_size: int = Field(default=64, gt=0)
@@ -366,6 +393,7 @@ class Params(_Section):
     mkd: MKDParams = MKDParams()
     evaluate: EvaluateParams = EvaluateParams()
     tfidf: TfidfParams = TfidfParams()
+    model2vec: Model2VecParams = Model2VecParams()
     export: ExportParams = ExportParams()
 
     @model_validator(mode="after")

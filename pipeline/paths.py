@@ -177,8 +177,11 @@ STAGE_INPUTS: dict[str, tuple[Path | str, ...]] = {
     "mt_score": (transfer_set(MATRIX_TASK), mt_teacher_dir(MATRIX_TASK)),
     "student": (shard_dir(ITEM), prepared_dir(ITEM), teacher_dir(ITEM)),
     "baseline": (prepared_dir(ITEM), teacher_dir(ITEM)),
+    # the fine-tuned teacher, which model2vec distils (static.distill_from: teacher; checkpoint: a params dep)
+    "static": (shard_dir(ITEM), prepared_dir(ITEM), teacher_dir(ITEM)),
     "reference": (prepared_dir(ITEM),),
     "export": (prepared_dir(ITEM), transfer_set(ITEM), student_dir(ITEM)),
+    "export_static": (prepared_dir(ITEM), transfer_set(ITEM), static_dir(ITEM)),
     "evaluate": (
         prepared_dir(ITEM),
         teacher_dir(ITEM),
@@ -186,12 +189,14 @@ STAGE_INPUTS: dict[str, tuple[Path | str, ...]] = {
         baseline_dir(ITEM),
         export_dir(ITEM),
         model2vec_dir(ITEM),
+        static_dir(ITEM),
+        static_export_dir(ITEM),
     ),
     # models/teacher: the single-task teachers, averaged where an init_from is teachers. models/mt_teacher (init_from:
     # mt_teacher) is read through STAGE_INPUTS_VIA: DVC cannot list a dep only when a param has some value.
     "mkd": (LOGITS_DIR / "${mkd.teacher}", PREPARED_DIR, TEACHER_DIR),
     "export_mkd": (PREPARED_DIR, AUGMENTED_DIR, mkd_dir(ITEM)),
-    "compare": (PREPARED_DIR, TEACHER_DIR, STUDENT_DIR, BASELINE_DIR, MKD_DIR, EXPORT_DIR, MODEL2VEC_DIR),
+    "compare": (PREPARED_DIR, TEACHER_DIR, STUDENT_DIR, BASELINE_DIR, MKD_DIR, EXPORT_DIR, MODEL2VEC_DIR, STATIC_DIR),
 }
 
 # Reads a stage cannot list, each with the dep of the stage that covers it: mkd's init_from: mt_teacher is valid only

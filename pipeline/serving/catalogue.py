@@ -6,8 +6,13 @@ Names, for a task:
 * ``student``, ``baseline``: Tang et al.'s KD student and the same BiLSTM trained without KD (PyTorch);
 * ``tfidf``: TF-IDF + logistic regression (Ridge for regression), fitted on the task's prepared train split when
   loaded (``pipeline.serving.tfidf``, scikit-learn);
+* ``model2vec``: the model2vec reference model the ``reference`` stage built (``models/model2vec/<task>``: static
+  embeddings distilled from ``teacher.checkpoint``, the library's classifier on them;
+  ``pipeline.serving.model2vec_classifier``, numpy and tokenizers);
 * ``student-<variant>``: the student's exported variants (``student-onnx``, ``student-int8``, ``student-table``),
   run by onnxruntime through ``pipeline.serving.deploy``;
+* ``static``: the static student (model2vec-initialised embeddings, mean-pooled, an MLP head, KD-trained; PyTorch);
+  ``static-<variant>``: its exported variants (``static-onnx``, ``static-int8``);
 * ``mkd_<architecture>``: the MKD student the task uses, its fine-tuned folder if there is one, else the jointly
   distilled one (``paths.mkd_task_model``); ``mkd_<architecture>_joint``: the jointly distilled one;
   ``mkd_<architecture>-<variant>``: the exported variants of the task's MKD student (e.g. ``mkd_transformer-int8``).
@@ -43,7 +48,11 @@ TokenCounter = Callable[[Sequence[str], Sequence[str] | None], np.ndarray]  # (t
 TEACHERS = ("teacher", "mt_teacher")
 PYTORCH_STUDENTS = ("student", "baseline")
 TFIDF = "tfidf"
+MODEL2VEC = "model2vec"
+REFERENCES = (TFIDF, MODEL2VEC)  # the models users pick instead of a distilled student
 EXPORTED_PREFIX = "student-"  # exported variants of the Tang student: student-onnx, student-int8, ...
+STATIC = "static"  # the static student (pipeline.students.static), models/static/<task>
+STATIC_EXPORTED_PREFIX = "static-"  # its exported variants: static-onnx, static-int8
 MKD_PREFIX = "mkd_"
 JOINT_SUFFIX = "_joint"  # mkd_<architecture>_joint: the jointly distilled MKD student, without per-task fine-tuning
 BYTES_PER_PARAMETER = 4  # fp32 weights of the PyTorch models
@@ -159,6 +168,25 @@ def tfidf_source(task: Task, params: Params | Path) -> ModelSource:
     return ModelSource(TFIDF, train, lambda device: fit())
 
 
+def model2vec_source(task: Task) -> ModelSource:
+    """The model2vec reference model of ``task`` (its ``reference`` stage's folder), run on the CPU whatever the
+    device; tokens counted by its tokenizer, untruncated."""
+    folder = paths.model2vec_dir(task.name)
+
+    def load(device: torch.device | None) -> LoadedModel:
+        from pipeline.serving.model2vec_classifier import Model2VecModel
+
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"{folder}: no model2vec model (run: python -m pipeline reference --task {task.name})"
+            )
+        model = Model2VecModel.load(task, folder)
+        max_length = NO_LIMIT if model.max_length is None else model.max_length
+        return LoadedModel(MODEL2VEC, model.logits, model.token_counts, max_length, model.parameters)
+
+    return ModelSource(MODEL2VEC, folder, load)
+
+
 def exported_source(name: str, folder: Path, variant: str, threads: int | None) -> ModelSource:
     """One variant of an exported student folder, run by onnxruntime with ``threads`` intra-op threads (None: its
     default) on the CPU whatever the device."""
@@ -184,7 +212,8 @@ def mkd_architectures() -> list[str]:
 def model_choices(task: Task) -> list[str]:
     """Names ``model_source`` resolves for ``task`` here: the student's exported variants on disk, the PyTorch
     models, and every MKD student on disk with its exported variants."""
-    names = [*exported_names(paths.export_dir(task.name), EXPORTED_PREFIX), *PYTORCH_STUDENTS, *TEACHERS, TFIDF]
+    names = [*exported_names(paths.export_dir(task.name), EXPORTED_PREFIX), *PYTORCH_STUDENTS, *TEACHERS, *REFERENCES]
+    names += [STATIC, *exported_names(paths.static_export_dir(task.name), STATIC_EXPORTED_PREFIX)]
     for architecture in mkd_architectures():
         prefix = MKD_PREFIX + architecture
         names += [prefix, prefix + JOINT_SUFFIX]
@@ -218,9 +247,17 @@ def model_source(
         return student_source(name, model_dir, task)
     if name == TFIDF:
         return tfidf_source(task, params)
+    if name == MODEL2VEC:
+        return model2vec_source(task)
     if name.startswith(EXPORTED_PREFIX):
         hint = f"no exported student (run: python -m pipeline export --task {task.name})"
         return _exported(name, task, paths.export_dir(task.name), EXPORTED_PREFIX, threads, hint)
+    if name == STATIC:
+        hint = f"no static student (run: dvc repro static@{task.name})"
+        return student_source(name, paths.static_dir(task.name), task, hint)
+    if name.startswith(STATIC_EXPORTED_PREFIX):
+        hint = f"no exported static student (run: dvc repro export_static@{task.name})"
+        return _exported(name, task, paths.static_export_dir(task.name), STATIC_EXPORTED_PREFIX, threads, hint)
     if name.startswith(MKD_PREFIX):
         architecture, dash, _ = name.removeprefix(MKD_PREFIX).partition("-")
         if dash:
@@ -243,9 +280,10 @@ def load_model(
 
 
 def single_task_models(task: Task, params: Params) -> dict[str, ModelSource]:
-    """The single-task teacher, Tang et al.'s KD student, the no-KD baseline, the TF-IDF model and the student's
-    exported variants."""
-    names = ["teacher", *PYTORCH_STUDENTS, TFIDF, *exported_names(paths.export_dir(task.name), EXPORTED_PREFIX)]
+    """The single-task teacher, Tang et al.'s KD student, the no-KD baseline, the reference models (TF-IDF,
+    model2vec), the student's exported variants, and the static student with its exported variants."""
+    names = ["teacher", *PYTORCH_STUDENTS, *REFERENCES, *exported_names(paths.export_dir(task.name), EXPORTED_PREFIX)]
+    names += [STATIC, *exported_names(paths.static_export_dir(task.name), STATIC_EXPORTED_PREFIX)]
     return {name: model_source(name, task, params, params.evaluate.threads) for name in names}
 
 

@@ -1,7 +1,7 @@
 """Compare stage: every model of every task in one run — single-task and multi-task teachers, Tang et al.'s KD
-students, no-KD baselines, the TF-IDF models and the MKD students — with each task's metrics, the GLUE-convention
-average (mean over tasks of each task's score: CoLA's MCC, the mean of the other tasks' metrics), parameter counts and
-CPU throughput."""
+students, no-KD baselines, the reference models (TF-IDF, model2vec) and the MKD students — with each task's metrics,
+the GLUE-convention average (mean over tasks of each task's score: CoLA's MCC, the mean of the other tasks' metrics),
+parameter counts and CPU throughput."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ DISPLAY_NAMES = {
     "student": "Tang BiLSTM student (KD)",
     "baseline": "BiLSTM, no KD",
     "tfidf": "TF-IDF + linear model",
+    "model2vec": "model2vec (static embeddings + MLP)",
+    "static": "static student (model2vec init, KD)",
 }
 
 
@@ -116,8 +118,8 @@ def metrics_summary(summary: dict[str, Any]) -> dict[str, Any]:
 
 def metrics_headline(summary: dict[str, Any]) -> dict[str, Any]:
     """What ``dvc metrics`` shows of the comparison: the average over tasks (a fraction, as the task metrics) of
-    each model the pipeline delivers (teachers, Tang student, baseline, TF-IDF, each MKD student as kept per task),
-    named as in ``metrics/<task>.json`` so the columns are shared; the rest is in the summary."""
+    each model the pipeline delivers (teachers, Tang student, baseline, TF-IDF, model2vec, each MKD student as kept per
+    task), named as in ``metrics/<task>.json`` so the columns are shared; the rest is in the summary."""
     kept = [model for model in summary["models"] if "-" not in model and not model.endswith(JOINT_SUFFIX)]
     return {model: summary["average"][model] / 100 for model in kept}
 

@@ -14,10 +14,11 @@ from pipeline.students.base import StudentModel
 from pipeline.students.biattentive import BiattentiveStudent
 from pipeline.students.bilstm import BiLSTMStudent
 from pipeline.students.encoding import StudentEncoder
+from pipeline.students.static import StaticStudent
 from pipeline.students.transformer import TransformerStudent
 
 ARCHITECTURES: dict[str, type[StudentModel]] = {
-    cls.architecture: cls for cls in (BiLSTMStudent, BiattentiveStudent, TransformerStudent)
+    cls.architecture: cls for cls in (BiLSTMStudent, BiattentiveStudent, TransformerStudent, StaticStudent)
 }
 MODEL_FILE = "model.pt"
 STUDENT_CONFIG_FILE = "config.json"
