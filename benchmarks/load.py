@@ -116,6 +116,8 @@ def malformed_bodies(limits: dict[str, int], pair: bool) -> list[bytes]:
         json.dumps({"texts": ["x" * (limits["max_chars"] + 1)], **second}).encode(),
         json.dumps({"texts": ["fine"] * (limits["max_texts"] + 1)}).encode(),
         json.dumps({"texts": []}).encode(),
+        b'{"texts": ["a lone surrogate \\ud800"]}' if not pair else b'{"texts": ["\\ud800"], "texts_b": ["x"]}',
+        b"[" * 5000 + b"]" * 5000,  # nested deeper than the JSON parser goes
     ]
     # a pair task without its second texts; a single-text task with them
     bodies.append(json.dumps({"texts": ["fine"]} if pair else {"texts": ["fine"], "texts_b": ["fine"]}).encode())
@@ -340,7 +342,9 @@ def main() -> None:
     print(markdown(report))
     print(f"\nserver RSS: {rss_start:.1f} MB after warm-up, {rss_end:.1f} MB at the end; task {health['task']}, "
           f"variant {health['variant']}, {len(rows)} distinct texts")  # fmt: skip
-    print("targets: " + ("all met" if not missed else "missed: " + "; ".join(missed)))
+    ran_target = any(r["scenario"] == "c=64 x 1 text" for r in report)
+    unchecked = "" if ran_target else " (no c=64 x 1 text run: throughput unchecked)"
+    print("targets: " + ("all met" if not missed else "missed: " + "; ".join(missed)) + unchecked)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         settings = {k: getattr(args, k) for k in ("model", "threads", "max_batch", "batch_window_ms", "requests",

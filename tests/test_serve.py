@@ -31,7 +31,7 @@ from tests.test_cli_imports import HEAVY
 from tests.test_export import build_student, texts
 
 MAX_LENGTH = 32  # longer than any texts() sentence
-LIMITS = ServerSettings(max_texts=8, max_chars=300, max_body_bytes=4_000)
+LIMITS = ServerSettings(max_texts=8, max_chars=300, max_body_bytes=400_000)
 
 
 @pytest.fixture(scope="module")
@@ -142,12 +142,14 @@ MALFORMED = [
     ("sst2", b'{"texts": []}', 422, "texts"),
     ("sst2", b'{"texts": ["good", 3]}', 422, "texts[1]"),
     ("sst2", b'{"texts": ["good", ["bad"]]}', 422, "texts[1]"),
+    ("sst2", b"[" * 100_000 + b"]" * 100_000, 400, "body"),  # deeper than the JSON parser's recursion
     ("sst2", b'{"texts": ["good", ""]}', 422, "texts[1]"),
+    ("sst2", b'{"texts": ["good", "bad \\udc00 film"]}', 422, "texts[1]"),  # a lone surrogate
     ("sst2", b'{"texts": ["good", " \\t "]}', 422, "texts[1]"),
     ("sst2", json.dumps({"texts": ["x"] * 9}).encode(), 422, "texts"),
     ("sst2", json.dumps({"texts": ["good", "a" * 301]}).encode(), 422, "texts[1]"),
     ("sst2", json.dumps({"texts": ["good", LONG]}).encode(), 422, "texts[1]"),
-    ("sst2", json.dumps({"texts": ["a"] * 1000}).encode(), 413, "body"),
+    ("sst2", json.dumps({"texts": ["a" * 300] * 1400}).encode(), 413, "body"),
     ("sst2", b'{"texts": ["good"], "texts_b": ["bad"]}', 422, "texts_b"),
     ("mrpc", b'{"texts": ["good"]}', 422, "texts_b"),
     ("mrpc", b'{"texts": ["good", "bad"], "texts_b": ["fine"]}', 422, "texts_b"),

@@ -93,6 +93,15 @@ def _type_name(value: object) -> str:
     return JSON_TYPES.get(type(value), "null")  # json.loads makes nothing else
 
 
+def _is_unicode(text: str) -> bool:
+    """False for a string with lone surrogates (JSON allows their escapes; the tokenizer cannot read them)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class ServedModel:
     """An exported student with the request checks and answers of ``/predict``."""
 
@@ -109,6 +118,8 @@ class ServedModel:
             request = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise field_error(400, "body", f"not valid JSON ({exc})") from None
+        except RecursionError:
+            raise field_error(400, "body", "JSON nested too deeply") from None
         if not isinstance(request, dict):
             raise field_error(400, "body", f"expected a JSON object with {TEXTS!r}, got a {_type_name(request)}")
         fields = [TEXTS, TEXTS_B] if self.pair else [TEXTS]
@@ -151,6 +162,8 @@ class ServedModel:
                 problem = "empty text"
             elif len(text) > limits.max_chars:
                 problem = f"{len(text)} characters, more than the limit of {limits.max_chars}"
+            elif not text.isascii() and not _is_unicode(text):
+                problem = "not valid Unicode text (a lone surrogate escape such as \\ud800)"
             else:
                 continue
             errors.append({"field": f"{name}[{i}]", "message": problem})
