@@ -2,9 +2,10 @@
 
 The texts and gold labels come straight from the GLUE TSV files (parsed here by header name, not by
 ``pipeline.data.glue``), the teachers run through plain ``transformers`` (AutoTokenizer +
-AutoModelForSequenceClassification), the students through ``load_student`` + ``predict``, and the metrics through
-sklearn/scipy. A report whose numbers match these to 1e-4 scored the right models on the right rows against their
-own labels: a label shifted by one row, another split, or another model's outputs would not match.
+AutoModelForSequenceClassification), the students through ``load_student`` + ``predict``, the model2vec reference
+model through the ``model2vec`` library's own pipeline, and the metrics through sklearn/scipy. A report whose
+numbers match these to 1e-4 scored the right models on the right rows against their own labels: a label shifted by
+one row, another split, or another model's outputs would not match.
 """
 
 from __future__ import annotations
@@ -78,6 +79,19 @@ def student_outputs(model_dir: Path, data: Dev) -> np.ndarray:
     return predict(model, encoder, data.task, data.text_a, data.text_b, batch_size=len(data))
 
 
+def model2vec_outputs(folder: Path, data: Dev) -> np.ndarray:
+    """The model2vec pipeline folder's predictions (the library's ``predict``; pairs joined as ``a [SEP] b``): one-hot
+    rows of the predicted classes, or the predicted scores (STS-B)."""
+    from model2vec.inference import StaticModelPipeline
+
+    pipeline = StaticModelPipeline.from_pretrained(folder)
+    texts = data.text_a if data.text_b is None else [f"{a} [SEP] {b}" for a, b in zip(data.text_a, data.text_b)]
+    predicted = pipeline.predict(texts, use_multiprocessing=False)
+    if data.task == "stsb":
+        return np.asarray(predicted, dtype=np.float64).reshape(len(texts), 1)
+    return np.eye(2)[predicted.astype(int)]
+
+
 def task_metrics(task: str, outputs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """The GLUE metrics of ``task``: accuracy (SST-2), F1 and accuracy (QQP), Pearson and Spearman (STS-B)."""
     if task == "stsb":
@@ -97,6 +111,8 @@ def model_dirs(project: Path, task: str, multi_task: bool = False) -> dict[str, 
         "teacher": ("teacher", project / "models" / "teacher" / task),
         "student": ("student", project / "models" / "student" / task),
         "baseline": ("student", project / "models" / "baseline" / task),
+        "model2vec": ("model2vec", project / "models" / "model2vec" / task),
+        "static": ("student", project / "models" / "static" / task),
     }
     if multi_task:
         models["mt_teacher"] = ("teacher", project / "models" / "mt_teacher" / task)
@@ -121,7 +137,12 @@ def recompute(project: Path, data: Dev, multi_task: bool = False) -> dict[str, d
     shifted = np.roll(data.labels, 1)
     out = {}
     for name, (kind, folder) in model_dirs(project, data.task, multi_task).items():
-        outputs = teacher_outputs(folder, data, max_length) if kind == "teacher" else student_outputs(folder, data)
+        if kind == "teacher":
+            outputs = teacher_outputs(folder, data, max_length)
+        elif kind == "model2vec":
+            outputs = model2vec_outputs(folder, data)
+        else:
+            outputs = student_outputs(folder, data)
         assert outputs.shape[0] == len(data), (name, outputs.shape)
         out[name] = task_metrics(data.task, outputs, data.labels)
         if name in DISCERNING:

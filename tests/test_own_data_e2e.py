@@ -20,8 +20,9 @@ from tests.test_pipeline_e2e import dvc, stages_run
 pytestmark = pytest.mark.e2e
 
 TASKS = ["reviews", "pairs", "ratings"]
-STAGES = ("prepare", "teacher", "augment", "score", "student", "baseline", "export", "evaluate")  # default params: no
-# multi-task teacher, the MKD students learn from the single-task teachers' shards
+# default params: no multi-task teacher, the MKD students learn from the single-task teachers' shards
+STAGES = ("prepare", "teacher", "augment", "score", "student", "baseline", "reference", "export", "evaluate")
+STAGES += ("static", "export_static")  # the static student and its export
 MKD = ("biattentive", "transformer", "bilstm")
 MULTI_TASK = {*(f"{stage}@{s}" for stage in ("mkd", "export_mkd") for s in MKD), "compare"}
 MOODS = ("negative", "neutral", "positive")
@@ -102,7 +103,7 @@ def test_repro_runs_every_stage_for_tasks_of_your_own(project):
             for model in ("teacher", "student", "baseline", "student-onnx"):
                 assert set(split[model]) == expected[task]
         headline = json.loads((project / "metrics" / f"{task}.json").read_text())
-        assert set(headline) >= {"teacher", "student", "baseline", "tfidf", "kd_gain"}
+        assert set(headline) >= {"teacher", "student", "baseline", "tfidf", "model2vec", "kd_gain"}
         assert ("classes" in report) == (task != "ratings")  # per-class scores for a classification task only
     per_class = json.loads((project / "metrics" / "report" / "reviews.json").read_text())["classes"]["dev"]["student"]
     assert list(per_class["per_class"]) == list(MOODS)

@@ -20,7 +20,10 @@ from tests.test_pipeline_e2e import dvc, stages_run, stale_stages, up_to_date
 pytestmark = pytest.mark.e2e  # dvc repro of every stage on several tasks in a tmp project
 
 STAGES = ("prepare", "teacher", "augment", "score", "mt_score", "student", "baseline", "export", "evaluate")
-MODELS = ("teacher", "student", "baseline", "tfidf", "student-onnx", "student-int8", "student-table")
+STAGES += ("reference",)  # the model2vec reference model
+STAGES += ("static", "export_static")  # the static student and its export
+MODELS = ("teacher", "student", "baseline", "tfidf", "model2vec", "student-onnx", "student-int8", "student-table")
+MODELS += ("static", "static-onnx", "static-int8")
 FIRST_TASKS = ["sst2", "qqp", "stsb"]
 MKD_STUDENTS = ("biattentive", "transformer", "bilstm")
 MULTI_TASK_STAGES = {
@@ -132,7 +135,8 @@ def test_repro_runs_every_stage_of_every_task(project):
             assert config["tasks"] == [task]
     comparison = json.loads((project / "metrics" / "comparison_summary.json").read_text())
     headline = json.loads((project / "metrics" / "comparison.json").read_text())
-    delivered = {"teacher", "mt_teacher", "student", "baseline", "tfidf", *(f"mkd_{s}" for s in MKD_STUDENTS)}
+    delivered = {"teacher", "mt_teacher", "student", "baseline", "tfidf", "model2vec"}
+    delivered |= {f"mkd_{s}" for s in MKD_STUDENTS}
     assert headline == {model: comparison["average"][model] / 100 for model in delivered}
     models = {
         "teacher",
@@ -140,6 +144,7 @@ def test_repro_runs_every_stage_of_every_task(project):
         "student",
         "baseline",
         "tfidf",
+        "model2vec",
         *(f"mkd_{s}{j}" for s in MKD_STUDENTS for j in ("", "_joint")),
     }
     exported = {f"mkd_{s}-{variant}" for s in MKD_STUDENTS for variant in ("onnx", "int8")} | {"student-onnx"}

@@ -1,4 +1,5 @@
-"""``evaluate`` stage: teacher vs KD student vs no-KD baseline vs the exported student variants on dev (or any file).
+"""``evaluate`` stage: teacher vs KD student vs no-KD baseline vs the exported student variants vs the reference models
+users pick instead (TF-IDF, model2vec) on dev (or any file).
 
 Reports each task metric, parameter counts and sizes, and CPU inference throughput at several batch sizes,
 tokenisation included, all models timed in one run with the same thread count (torch threads and onnxruntime
@@ -25,7 +26,7 @@ from pipeline.data.tasks import Task
 from pipeline.params import Params
 from pipeline.serving.catalogue import (
     EXPORTED_PREFIX,
-    TFIDF,
+    REFERENCES,
     ModelSource,
     Predictor,
     existing,
@@ -147,11 +148,11 @@ def evaluate_splits(
 
 def headline(task: Task, report: dict[str, Any]) -> dict[str, Any]:
     """The numbers ``dvc metrics`` shows for a task (``metrics/<task>.json``): teacher, KD student, baseline and the
-    TF-IDF model on the task's primary metric (first dev split), the KD gain (student - baseline) and, per timed
-    batch size, how many times faster than the teacher the fastest deployable student variant is. The full report is
-    a plain output."""
+    reference models (TF-IDF, model2vec) on the task's primary metric (first dev split), the KD gain (student -
+    baseline) and, per timed batch size, how many times faster than the teacher the fastest deployable student variant
+    is. The full report is a plain output."""
     quality = next(iter(report["quality"].values()))
-    primary = {model: quality[model][task.primary_metric] for model in ("teacher", "student", "baseline", TFIDF)}
+    primary = {model: quality[model][task.primary_metric] for model in ("teacher", "student", "baseline", *REFERENCES)}
     speedup = {
         key: report["ratios"][f"{best}_vs_teacher"][f"speed_{key}"] for key, best in report["fastest_student"].items()
     }
