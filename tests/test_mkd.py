@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -19,6 +20,7 @@ from pipeline.params import Params
 from pipeline.stages.score import write_manifest
 from pipeline.students.architectures import load_student, read_student_config
 from pipeline.students.inference import predict
+from tests.recompute import task_metrics
 from tests.test_student import NEGATIVE, POSITIVE, sentence, teacher_dir, write_prepared  # noqa: F401 (fixture)
 
 TASKS = ("sst2", "rte", "stsb")
@@ -110,15 +112,23 @@ def test_run_mkd_joint_and_fine_tuned_students(mkd_params: Params, tmp_path: Pat
     curves = {p.relative_to(logs / "plots" / "metrics").as_posix() for p in logs.rglob("*.tsv")}
     assert {"train/loss.tsv", "dev/sst2/accuracy.tsv", "dev/rte/accuracy.tsv", "dev/stsb/pearson.tsv"} <= curves
 
+    joint_state = joint.state_dict()
     for task in TASKS:
         tuned, tuned_encoder = load_student(out / task)
         assert list(tuned.heads) == [task] and read_student_config(out / task)["tasks"] == [task]
-        assert isinstance(summary[task]["fine_tuned"], bool)
         spec = get_task(task)
         dev = pq.read_table(tmp_path / "prepared" / task / "dev.parquet")
+        text_a, labels = dev.column("text_a").to_pylist(), np.array(dev.column("label").to_pylist())
         text_b = dev.column("text_b").to_pylist() if spec.is_pair else None
-        logits = predict(tuned, tuned_encoder, task, dev.column("text_a").to_pylist(), text_b, batch_size=8)
+        logits = predict(tuned, tuned_encoder, task, text_a, text_b, batch_size=8)
         assert logits.shape == (dev.num_rows, spec.num_outputs)
+        # the summary's dev metrics are the saved model's, recomputed with sklearn/scipy (tests/recompute.py)
+        assert summary[task]["dev"][task] == pytest.approx(task_metrics(task, logits, labels), abs=1e-5)
+        joint_logits = predict(joint, encoder, task, text_a, text_b, batch_size=8)
+        assert summary["multitask"]["dev"][task] == pytest.approx(task_metrics(task, joint_logits, labels), abs=1e-5)
+        # fine_tuned says which model was saved: the joint one (its weights, this task's head) or a retrained one
+        same = all(torch.equal(value, joint_state[name]) for name, value in tuned.state_dict().items())
+        assert summary[task]["fine_tuned"] is not same, task
         primary = spec.primary_metric
         assert summary[task]["dev"][task][primary] >= summary["multitask"]["dev"][task][primary]
         assert json.loads((tuning_logs / task / "metrics.json").read_text())["best_epoch"] >= 1
@@ -187,7 +197,7 @@ def test_a_joint_steps_budget_leaves_fine_tuning_at_finetune_epochs(mkd_params, 
     assert summary["multitask"]["length"] == (
         "up to 3 epochs (mkd.training.bilstm.steps 24 at 8 steps an epoch), early stopping patience 5"
     )
-    assert summary["sst2"]["length"] == "up to 1 epochs (mkd.finetune_epochs), early stopping patience 5"
+    assert summary["sst2"]["length"] == "up to 1 epoch (mkd.finetune_epochs), early stopping patience 5"
     assert [summary[task]["epochs_run"] for task in ("sst2", "stsb")] == [1, 1]  # the budget would give 6 each
 
 

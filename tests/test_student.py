@@ -20,7 +20,6 @@ import yaml
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
 from pipeline.data.batching import bucket_batches
-from pipeline.data.metrics import compute_metrics
 from pipeline.data.schema import prepared_schema, shard_schema
 from pipeline.data.tasks import Task, get_task
 from pipeline.errors import ParamsError, ShardError
@@ -48,6 +47,7 @@ from pipeline.training.losses import distillation_loss
 from pipeline.training.optim import SparseAdadelta
 from pipeline.training.student_data import distillation_targets, read_shards
 from tests.conftest import REPO_ROOT
+from tests.recompute import task_metrics
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 POSITIVE = ["good", "great", "fine", "lovely"]
@@ -397,14 +397,15 @@ def read_log(log_dir: Path) -> tuple[dict, dict[str, list[float]]]:
 def assert_saved_model_reproduces(
     model_dir: Path, prepared: Path, task_name: str, metric: str, value: float
 ) -> np.ndarray:
-    """load_student + predict on the dev split give ``value`` for ``metric`` again; return the logits."""
+    """load_student + predict on the dev split give ``value`` for ``metric`` again, scored by sklearn/scipy
+    (``tests.recompute``, not the pipeline's metrics code); return the logits."""
     task = get_task(task_name)
     dev = pq.read_table(prepared / task_name / "dev.parquet")
     model, encoder = load_student(model_dir)
     text_b = dev.column("text_b").to_pylist() if task.is_pair else None
     logits = predict(model, encoder, task_name, dev.column("text_a").to_pylist(), text_b, batch_size=7)
     assert logits.dtype == np.float32 and logits.shape == (len(dev), task.num_outputs)
-    assert compute_metrics(task, logits, dev.column("label").to_numpy())[metric] == pytest.approx(value, abs=1e-6)
+    assert task_metrics(task_name, logits, dev.column("label").to_numpy())[metric] == pytest.approx(value, abs=1e-6)
     return logits
 
 
@@ -609,8 +610,8 @@ def test_max_epochs_follow_the_step_budget(steps: int, steps_per_epoch: int, exp
     hp = TrainParams(epochs=None, steps=steps)
     assert hp.max_epochs(steps_per_epoch) == expected
     assert hp.length_rule(steps_per_epoch, ("student.epochs", "student.steps")) == (
-        f"up to {expected} epochs (student.steps {steps} at {steps_per_epoch:,} steps an epoch), early stopping "
-        "patience 2"
+        f"up to {expected} epoch{'s' if expected > 1 else ''} (student.steps {steps} at {steps_per_epoch:,} steps an "
+        "epoch), early stopping patience 2"
     )
 
 
