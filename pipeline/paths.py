@@ -160,6 +160,11 @@ def prepared_dir(task: str, root: Path = PREPARED_DIR) -> Path:
     return root / task
 
 
+def prepared_task(task: str, root: Path = PREPARED_DIR) -> Path:
+    """The task as prepare resolved it, which the CLI reads for a task of your own (``pipeline.data.tasks``)."""
+    return prepared_dir(task, root) / "task.json"
+
+
 STAGE_INPUTS: dict[str, tuple[Path | str, ...]] = {
     # every file of task_defs is relative to data.files_dir; GLUE's folder (data.glue_dir) lies inside it by default
     # (a GLUE file outside it is not watched: GLUE's published files do not change, and a new data.glue_dir reruns
@@ -171,10 +176,10 @@ STAGE_INPUTS: dict[str, tuple[Path | str, ...]] = {
     "augment": (
         prepared_split(ITEM, "train"),
         prepared_split(ITEM, "unlabelled"),
-        prepared_dir(ITEM) / "task.json",
+        prepared_task(ITEM),
     ),
-    "score": (transfer_set(ITEM), teacher_dir(ITEM)),
-    "mt_score": (transfer_set(MATRIX_TASK), mt_teacher_dir(MATRIX_TASK)),
+    "score": (transfer_set(ITEM), teacher_dir(ITEM), prepared_task(ITEM)),
+    "mt_score": (transfer_set(MATRIX_TASK), mt_teacher_dir(MATRIX_TASK), prepared_task(MATRIX_TASK)),
     "student": (shard_dir(ITEM), prepared_dir(ITEM), teacher_dir(ITEM)),
     "baseline": (prepared_dir(ITEM), teacher_dir(ITEM)),
     # the fine-tuned teacher, which model2vec distils (static.distill_from: teacher; checkpoint: a params dep)
