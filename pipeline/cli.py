@@ -414,15 +414,19 @@ def serve(
     max_texts: Annotated[int, typer.Option(min=1, help="texts per request")] = 64,
     max_chars: Annotated[int, typer.Option(min=1, help="characters per text")] = 2_000,
     max_body_bytes: Annotated[int, typer.Option(min=1, help="request body size")] = 1_000_000,
-    max_batch: Annotated[int, typer.Option(min=1, help="texts per onnxruntime call (micro-batching)")] = 64,
-    batch_window_ms: Annotated[float, typer.Option(min=0, help="wait for more requests before a call")] = 1.0,
+    max_batch: Annotated[int, typer.Option(min=1, help="texts scored together (micro-batching)")] = 64,
+    call_batch: Annotated[int, typer.Option(min=1, help="texts per onnxruntime call, sorted by length")] = 16,
+    batch_window_ms: Annotated[float, typer.Option(min=0, help="wait for more requests before a batch")] = 1.0,
     truncate: Annotated[bool, typer.Option(help="cut over-long texts to the model's length instead of a 422")] = False,
 ) -> None:
     """Serve an exported student over HTTP: POST /predict {"texts": [...]} (pairs: also "texts_b"), GET /health."""
     from pipeline.serving.server import ServerSettings, export_folder
     from pipeline.serving.server import serve as run_server
 
-    settings = ServerSettings(max_texts, max_chars, max_body_bytes, max_batch, batch_window_ms, threads, truncate)
+    settings = ServerSettings(
+        max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes, max_batch=max_batch,
+        call_batch=call_batch, batch_window_ms=batch_window_ms, threads=threads, truncate=truncate,
+    )  # fmt: skip
     with _user_errors():
         try:
             folder = export_folder(model_dir, task, paths.export_dir(task.lower()) if task else None)

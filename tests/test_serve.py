@@ -118,7 +118,7 @@ def test_batcher_fills_calls_up_to_max_batch_in_arrival_order(exports):
     assert [len(r) for r in requests] == sizes
 
     async def score_all() -> tuple[list[np.ndarray], int]:
-        batcher = MicroBatcher(model.student, max_batch=7, window_s=0.05)
+        batcher = MicroBatcher(model.student, max_batch=7, window_s=0.05, call_batch=2)
         worker = asyncio.create_task(batcher.run())
         results = await asyncio.gather(*(batcher.logits(model.token_ids(r, None)) for r in requests))
         worker.cancel()
