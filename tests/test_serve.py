@@ -172,6 +172,15 @@ def test_malformed_requests_get_a_4xx_json_naming_the_field(exports, task_name, 
     assert stats["rejected"] == stats["requests"] == 1 and stats["batches"] == 0  # nothing was scored
 
 
+def test_truncate_cuts_over_long_texts_as_the_exported_student_does(exports):
+    text_a, text_b = ["good film", LONG], [LONG, "dull"]
+    with client(exports["mrpc"], ServerSettings(truncate=True)) as http:
+        response = http.post("/predict", json={"texts": text_a, "texts_b": text_b})
+    assert response.status_code == 200, response.text
+    got = [list(p["probabilities"].values()) for p in response.json()["predictions"]]
+    np.testing.assert_allclose(got, expected_probabilities(exports["mrpc"], text_a, text_b), atol=1e-6, rtol=0)
+
+
 def test_every_bad_field_is_named_and_unknown_routes_answer_json(exports):
     with client(exports["mrpc"]) as http:
         response = http.post("/predict", json={"texts": ["good", "", 4], "texts_b": ["a", "b", "c"], "extra": 1})
