@@ -1,5 +1,6 @@
-"""Export: ONNX parity with PyTorch (single, pair, padded batches), the gate-table and int8 variants, the standalone
-folder (onnxruntime + tokenizers only, in an isolated interpreter), and the export of any saved student folder."""
+"""Export: ONNX parity with PyTorch (single, pair, padded batches), the gate-table and int8 variants, the pruned
+vocabulary (parity on seen tokens, unseen ones read as unknown), the standalone folder (onnxruntime + tokenizers only,
+in an isolated interpreter), and the export of any saved student folder."""
 
 from __future__ import annotations
 
@@ -11,16 +12,18 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pyarrow as pa
 import pytest
 import torch
+from onnx import numpy_helper
 
 from pipeline.data.metrics import compute_metrics
 from pipeline.data.tasks import get_task
 from pipeline.errors import ExportError
 from pipeline.params import BiLSTMParams, ExportParams, Params
 from pipeline.serving import deploy
-from pipeline.serving.export import check_variants, standalone_tokenizer, write_export
+from pipeline.serving.export import check_variants, standalone_tokenizer, vocabulary_ids, write_export
 from pipeline.stages.export import export_student
 from pipeline.students.architectures import save_student
 from pipeline.students.bilstm import BiLSTMStudent
@@ -50,11 +53,16 @@ def build_student(
     return model.eval(), encoder
 
 
-def exported(tmp_path: Path, model, encoder, task_name: str, **export: object) -> Path:
-    folder = tmp_path / f"export-{task_name}"
+def exported(tmp_path: Path, model, encoder, task_name: str, kept=None, name: str = "export", **export: object) -> Path:
+    folder = tmp_path / f"{name}-{task_name}"
     folder.mkdir()
-    write_export(model, encoder, get_task(task_name), folder, ExportParams(**export), {})
+    write_export(model, encoder, get_task(task_name), folder, ExportParams(**export), {}, kept)
     return folder
+
+
+def table_rows(path: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes of the 2-D initialisers of an ONNX file, by name."""
+    return {init.name: tuple(init.dims) for init in onnx.load(path).graph.initializer if len(init.dims) == 2}
 
 
 @pytest.mark.parametrize(("task_name", "pooling"), [("sst2", "max"), ("mrpc", "max"), ("stsb", "last")])
@@ -175,7 +183,8 @@ STANDALONE = textwrap.dedent("""
 @pytest.mark.parametrize(("task_name", "variant"), [("sst2", "onnx"), ("mrpc", "table"), ("stsb", "int8")])
 def test_exported_folder_runs_in_an_isolated_interpreter(tmp_path, tiny_bert_dir, task_name, variant):
     model, encoder = build_student(tiny_bert_dir, [task_name])
-    folder = exported(tmp_path, model, encoder, task_name, variants=["int8", "table"])
+    kept = vocabulary_ids(encoder, texts(8, 8) + texts(8, 9))  # the script reads a pruned tokenizer
+    folder = exported(tmp_path, model, encoder, task_name, kept, variants=["int8", "table"])
     task = get_task(task_name)
     text_a = texts(8, 8)
     text_b = texts(8, 9) if task.is_pair else None
@@ -202,16 +211,29 @@ def test_export_student_from_a_saved_multitask_folder(tmp_path, tiny_bert_dir):
     rows = texts(12, 10)
     dev = pa.table({"text_a": rows, "text_b": list(reversed(rows)), "label": [i % 2 for i in range(len(rows))]})
     out, metrics = tmp_path / "export" / "mrpc", tmp_path / "metrics" / "mrpc.json"
-    report = export_student(get_task("mrpc"), ExportParams(), model_dir, out, {"dev": dev}, metrics)
+    train = pa.table({"text_a": ["the film is good"], "text_b": ["a bad plot"]})  # few tokens: most are pruned
+    report = export_student(get_task("mrpc"), ExportParams(), model_dir, out, {"dev": dev}, metrics, [train])
 
     config = deploy.read_config(out)
     assert config["task"] == "mrpc" and config["inputs"] == ["a", "b"] and config["labels"] == ["0", "1"]
-    assert set(config["models"]) == {"onnx", "int8", "table"}
+    assert set(config["models"]) == {"onnx", "int8"}  # the gate table is opt-in
+    assert config["default_variant"] == "int8" and deploy.ExportedStudent(out).variant == "int8"
     assert config["source"]["architecture"] == "bilstm" and len(config["source"]["model_sha256"]) == 64
     assert json.loads(metrics.read_text()) == json.loads(json.dumps(report))
-    assert report["variants"]["table"]["max_abs_logit_diff"] <= PARITY
+    # pruned to the tokens of train and dev: dev reads as unpruned (parity), and the tables lost rows
+    assert report["variants"]["onnx"]["max_abs_logit_diff"] <= PARITY
+    assert config["vocabulary"]["rows"] == encoder.vocab_size > config["vocabulary"]["kept"]
+    assert {rows for rows, _ in table_rows(out / "model.onnx").values()} >= {config["vocabulary"]["kept"]}
+    for variant, entry in report["variants"].items():
+        assert entry["file_bytes"] == (out / config["models"][variant]).stat().st_size
+        accuracy = entry["dev"]["dev"]["accuracy"]
+        assert entry["drop_points"]["dev"] == pytest.approx(100 * (report["pytorch"]["dev"]["accuracy"] - accuracy))
+    assert report["folder_bytes"] == sum(path.stat().st_size for path in out.iterdir())
+    unseen = report["unseen_tokens"]["dev"]  # dev's tokens outside train's, read as unknown
+    assert 0 < unseen["outside_training"] < unseen["tokens"] and "accuracy" in unseen["metrics_unseen_as_unknown"]
     reference = predict(model, encoder, "mrpc", rows, list(reversed(rows)), 4)  # the mrpc head, not sst2's
-    np.testing.assert_allclose(deploy.ExportedStudent(out).logits(rows, list(reversed(rows))), reference, atol=PARITY)
+    runner = deploy.ExportedStudent(out, "onnx")
+    np.testing.assert_allclose(runner.logits(rows, list(reversed(rows))), reference, atol=PARITY)
 
     with pytest.raises(ExportError, match="no head for task qqp"):
         export_student(get_task("qqp"), ExportParams(), model_dir, tmp_path / "x", {"dev": dev}, tmp_path / "x.json")
@@ -244,3 +266,97 @@ def test_mkd_architectures_export_with_parity(tmp_path, tiny_bert_dir, architect
         np.testing.assert_allclose(runner.logits(text_a, text_b, batch_size), reference, atol=PARITY, rtol=0)
     counts = runner.token_counts(text_a, text_b)
     assert counts.shape == (len(text_a),) and (counts > config["max_length"]).any()  # some inputs need truncating
+
+
+SEEN = ["the film is good", "a bad plot, really", "[MASK] acting"]  # the texts whose tokens the pruned export keeps
+UNSEEN = ["lovely superb story", "the film is tedious and dull", "quite very zebra"]
+
+
+@pytest.mark.parametrize(
+    ("architecture", "task_name"), [("bilstm", "sst2"), ("bilstm", "mrpc"), ("transformer", "mrpc")]
+)
+def test_pruned_vocabulary_keeps_seen_texts_exact_and_reads_unseen_tokens_as_unknown(
+    tmp_path, tiny_bert_dir, architecture, task_name
+):
+    from pipeline.students.architectures import get_architecture
+
+    params = Params.model_validate({"bilstm": {"hidden_size": 8, "fc_hidden": 8, "max_length": 16},
+                                    "transformer": {"layers": 1, "max_length": 12}})  # fmt: skip
+    torch.manual_seed(0)
+    model, encoder = get_architecture(architecture).build(params, [get_task(task_name)], tiny_bert_dir, texts(50, 1), 0)
+    model.eval()
+    kept = vocabulary_ids(encoder, SEEN)
+    assert 4 < len(kept) < encoder.vocab_size / 2
+    variants = ["table"] if architecture == "bilstm" else []
+    full = exported(tmp_path, model, encoder, task_name, None, "full", variants=variants)
+    pruned = exported(tmp_path, model, encoder, task_name, kept, "pruned", variants=variants)
+    pair = get_task(task_name).is_pair
+
+    for variant in ("onnx", *variants):  # the embedding (or gate) tables have one row per kept token
+        shapes = table_rows(pruned / deploy.read_config(pruned)["models"][variant]).values()
+        assert any(rows == len(kept) for rows, _ in shapes)
+        assert not any(rows == encoder.vocab_size for rows, _ in shapes)
+        runner = deploy.ExportedStudent(pruned, variant)
+        # texts made of seen tokens: the unpruned PyTorch student's logits
+        seen_b = list(reversed(SEEN)) if pair else None
+        reference = predict(model, encoder, task_name, SEEN, seen_b, 2)
+        np.testing.assert_allclose(runner.logits(SEEN, seen_b, 2), reference, atol=PARITY, rtol=0)
+        # unseen tokens: as the unpruned export with those tokens replaced by the unknown token
+        unseen_b = SEEN if pair else None
+        reader = deploy.ExportedStudent(full, variant)
+        arrays, known = (reader.inputs[:1] if reader.joint else reader.inputs), set(kept.tolist())
+        ids = reader.encode(UNSEEN, unseen_b)
+        as_unknown = [
+            [[t if t in known else reader.unk_id for t in row] for row in column] if name in arrays else column
+            for name, column in zip(reader.inputs, ids, strict=True)
+        ]
+        assert as_unknown != ids  # some tokens were unseen
+        np.testing.assert_allclose(
+            runner.logits(UNSEEN, unseen_b, 2), reader.logits_from_ids(as_unknown, 2), atol=PARITY, rtol=0
+        )
+        # the pruned tokenizer gives each kept token its position in ``kept``
+        encoded = zip(reader.inputs, reader.encode(SEEN, seen_b), runner.encode(SEEN, seen_b), strict=True)
+        for name, old, new in encoded:
+            assert [kept[row].tolist() for row in new] == old if name in arrays else new == old
+
+
+def test_int8_stores_the_pruned_tables_as_int8_rows_and_the_table_variant_is_opt_in(tmp_path, tiny_bert_dir):
+    model, encoder = build_student(tiny_bert_dir, ["sst2"], hidden_size=32, fc_hidden=32)
+    with torch.no_grad():  # a trained student: the trainable channel no longer equals the frozen one
+        model.embedding.weight += 0.1 * torch.randn_like(model.embedding.weight)
+    kept = vocabulary_ids(encoder, SEEN + UNSEEN)
+    assert "table" not in ExportParams().variants
+    folder = exported(tmp_path, model, encoder, "sst2", kept)  # the default variants
+    config = deploy.read_config(folder)
+    assert set(config["models"]) == {"onnx", "int8"} and config["default_variant"] == "int8"
+    graph = onnx.load(folder / "model-int8.onnx").graph
+    tables = {init.name: numpy_helper.to_array(init) for init in graph.initializer if init.name.endswith("_int8")}
+    assert len(tables) == 2  # the frozen and the trainable channel
+    fp32 = {init.name: numpy_helper.to_array(init) for init in onnx.load(folder / "model.onnx").graph.initializer}
+    for name, table in tables.items():
+        assert table.dtype == np.int8 and table.shape[0] == len(kept)
+        scale = {i.name: numpy_helper.to_array(i) for i in graph.initializer}[name.replace("_int8", "_scale")]
+        original = fp32[name.removesuffix("_int8")]
+        assert np.abs(table * scale - original).max() <= np.abs(original).max(axis=1).max() / 254 + 1e-7
+    assert (folder / "model-int8.onnx").stat().st_size < (folder / "model.onnx").stat().st_size
+    int8 = deploy.ExportedStudent(folder).logits(SEEN + UNSEEN, batch_size=1)
+    reference = predict(model, encoder, "sst2", SEEN + UNSEEN, None, 1)
+    assert 0 < np.abs(int8 - reference).max() < 0.05 * np.abs(reference).max()
+
+
+def test_four_bit_tables_halve_the_int8_tables_and_stay_close(tmp_path, tiny_bert_dir):
+    model, encoder = build_student(tiny_bert_dir, ["sst2"], hidden_size=32, fc_hidden=32)
+    kept = vocabulary_ids(encoder, SEEN + UNSEEN)
+    eight = exported(tmp_path, model, encoder, "sst2", kept, "eight")
+    four = exported(tmp_path, model, encoder, "sst2", kept, "four", table_bits=4, table_block_size=16)
+    graph = onnx.load(four / "model-int8.onnx").graph
+    assert "GatherBlockQuantized" in {node.op_type for node in graph.node}
+    packed = [numpy_helper.to_array(init) for init in graph.initializer if init.name.endswith("_int4")]
+    width = model.embedding.weight.shape[1]
+    assert packed and all(t.dtype == np.uint8 and t.shape == (len(kept), width // 2) for t in packed)
+    assert (four / "model-int8.onnx").stat().st_size < (eight / "model-int8.onnx").stat().st_size
+    reference = predict(model, encoder, "sst2", SEEN + UNSEEN, None, 1)
+    logits = deploy.ExportedStudent(four).logits(SEEN + UNSEEN, batch_size=1)
+    assert 0 < np.abs(logits - reference).max() < 0.1 * np.abs(reference).max()
+    with pytest.raises(ExportError, match="table_block_size: 64 does not divide"):
+        exported(tmp_path, model, encoder, "sst2", kept, "bad", table_bits=4, table_block_size=64)

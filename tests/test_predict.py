@@ -109,9 +109,9 @@ def test_pairs_from_a_tsv_file_and_scores_for_stsb(project, monkeypatch, tmp_pat
          ["<stdin>:2: expected 2 tab-separated columns for mrpc, found 1",
           "<stdin>:3: expected 2 tab-separated columns for mrpc, found 3", "<stdin>:4: column 2 is empty"]),
         ("sst2", ["good film", "good " * (MAX_LENGTH + 1), "bad"],
-         [f"<stdin>:2: {MAX_LENGTH + 1} tokens, more than student-onnx's maximum of {MAX_LENGTH}"]),
+         [f"<stdin>:2: {MAX_LENGTH + 1} tokens, more than student-int8's maximum of {MAX_LENGTH}"]),
         ("mrpc", ["good\tfilm", "bad\t" + "dull " * (MAX_LENGTH + 3)],
-         [f"<stdin>:2: {MAX_LENGTH + 3} tokens, more than student-onnx's maximum of {MAX_LENGTH}"]),
+         [f"<stdin>:2: {MAX_LENGTH + 3} tokens, more than student-int8's maximum of {MAX_LENGTH}"]),
     ],
 )  # fmt: skip
 def test_bad_lines_fail_the_run_naming_each_line_and_write_nothing(project, monkeypatch, tmp_path, task_name, lines,

@@ -21,7 +21,7 @@ FORMAT_NAME = "distillery-student-onnx"
 FORMAT_VERSION = 1
 LOGITS_OUTPUT = "logits"
 LENGTHS_SUFFIX = "_lengths"
-DEFAULT_VARIANT = "onnx"
+FP32_VARIANT = "onnx"  # always exported: the reference the other variants are checked against
 JOINT_ENCODING = "joint"  # config "encoding": one sequence with special tokens and segment ids (Transformer students)
 SEPARATE_ENCODING = "separate"  # one token list per text, without special tokens (LSTM students)
 
@@ -35,6 +35,11 @@ def read_config(folder: Path | str) -> dict[str, Any]:
     return config
 
 
+def default_variant(config: dict[str, Any]) -> str:
+    """The variant to load when none is named: the folder's ``default_variant`` (fp32 for folders without one)."""
+    return config.get("default_variant", FP32_VARIANT)
+
+
 def session_options(threads: int | None) -> ort.SessionOptions:
     """Sequential execution with ``threads`` intra-op threads (None: onnxruntime's default)."""
     options = ort.SessionOptions()
@@ -46,12 +51,14 @@ def session_options(threads: int | None) -> ort.SessionOptions:
 
 
 class ExportedStudent:
-    """One variant (``onnx``, ``int8``, ``table``, ...) of an exported student, with its tokenizer."""
+    """One variant (``onnx``, ``int8``, ``table``, ...) of an exported student, with its tokenizer; ``variant=None``
+    loads the folder's default variant (``default_variant`` in config.json)."""
 
-    def __init__(self, folder: Path | str, variant: str = DEFAULT_VARIANT, threads: int | None = None) -> None:
+    def __init__(self, folder: Path | str, variant: str | None = None, threads: int | None = None) -> None:
         self.folder = Path(folder)
         self.config = read_config(self.folder)
         models = self.config["models"]
+        variant = default_variant(self.config) if variant is None else variant
         if variant not in models:
             raise ValueError(f"{self.folder}: no variant {variant!r}; exported: {', '.join(models)}")
         self.variant = variant

@@ -5,21 +5,29 @@ The folder (read by ``pipeline/serving/deploy.py``) holds:
 - ``model.onnx``: the student's forward pass for one task (``torch.onnx.export`` of any ``StudentModel``), inputs
   ``<name>`` ``[batch, time]`` int64 and ``<name>_lengths`` ``[batch]`` int64 per token array of the encoder (``a``,
   and ``b`` for pairs), output ``logits`` ``[batch, outputs]``; batch and time axes are dynamic;
-- ``model-int8.onnx``: ONNX Runtime's dynamic int8 quantisation of it (weights int8, activations quantised per call);
+- ``model-int8.onnx`` (the default deployable when exported): the embedding tables int8 with one scale per row,
+  the other weights (LSTM, MatMul, Gemm) by ONNX Runtime's dynamic int8 quantisation (activations quantised per call);
 - architecture-specific variants with the same inputs and output, e.g. ``model-table.onnx`` for the BiLSTM
   (precomputed LSTM input gates, ``pipeline/serving/bilstm_table.py``);
 - ``tokenizer.json`` (a ``tokenizers`` file reproducing the student's encoder) and ``config.json`` (task, label
-  names, max length, padding/unknown ids, text replacements, input names, variant files, source model).
+  names, max length, padding/unknown ids, text replacements, input names, variant files, default variant, source).
+
+Vocabulary pruning (``export.prune_vocabulary``): the embedding tables keep only the rows of the token ids the student
+can meet (those of its transfer set, train, dev and test texts, and the special tokens), renumbered in their
+original order; ``tokenizer.json`` keeps every token string (so WordPiece splits words exactly as before) but maps
+each one to its new id, and every dropped token to ``[UNK]``'s. A text whose tokens were all kept gets the unpruned
+student's logits; the runtime needs nothing but the rewritten tokenizer.
 
 Every variant is checked on the dev split(s) against the PyTorch student, from raw text: fp32 variants' logits must
-match within ``export.parity_tolerance``; each variant's task metrics and the int8 drop are written as DVC metrics.
+match within ``export.parity_tolerance``; each variant's file size, task metrics and drop in points are reported.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +35,7 @@ import numpy as np
 import onnx
 import pyarrow as pa
 import torch
+from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 from torch import nn
@@ -54,8 +63,12 @@ SPECIALISED_VARIANTS: dict[str, dict[str, SpecialisedExport]] = {
 }
 # Variants whose logits must equal PyTorch's (within export.parity_tolerance); others are judged by their metrics.
 EXACT_VARIANTS = ("onnx", "table")
-FP32_VARIANT = deploy.DEFAULT_VARIANT
+FP32_VARIANT = deploy.FP32_VARIANT
 INT8_VARIANT = "int8"
+# The variant predict and serve load by default: the first of these the folder has.
+DEFAULT_VARIANTS = (INT8_VARIANT, FP32_VARIANT)
+TABLE_OP = "Gather"  # in export.int8_ops: quantise the embedding tables (export.table_bits)
+CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's operators (GatherBlockQuantized)
 MODEL_FILES = {FP32_VARIANT: "model.onnx", INT8_VARIANT: "model-int8.onnx"}
 TOKENIZER_FILE = "tokenizer.json"
 # Sample texts traced by the exporter: two rows of different lengths, so padding is part of the trace.
@@ -105,12 +118,165 @@ def export_onnx(model: StudentModel, encoder: StudentEncoder, task: Task, path: 
     return names
 
 
-def quantize_int8(source: Path, target: Path, params: ExportParams) -> None:
-    """ONNX Runtime dynamic quantisation: int8 weights of ``params.int8_ops``, activations quantised at run time."""
-    quantize_dynamic(
-        source, target, op_types_to_quantize=list(params.int8_ops), per_channel=params.int8_per_channel,
-        weight_type=WEIGHT_TYPES[params.int8_weight_type],
-    )  # fmt: skip
+def quantize_int8(source: Path, target: Path, params: ExportParams, vocab_rows: int) -> None:
+    """int8 weights of ``params.int8_ops``: the embedding tables (``Gather``) in ``params.table_bits`` bits
+    (``quantize_tables``), the other ops by ONNX Runtime's dynamic quantisation (activations quantised per call)."""
+    ops = [op for op in params.int8_ops if op != TABLE_OP]
+    if ops:
+        quantize_dynamic(
+            source, target, op_types_to_quantize=ops, per_channel=params.int8_per_channel,
+            weight_type=WEIGHT_TYPES[params.int8_weight_type],
+        )  # fmt: skip
+    model = onnx.load(target if ops else source)
+    if TABLE_OP in params.int8_ops:
+        quantize_tables(model, vocab_rows, params.table_bits, params.table_block_size)
+    onnx.save(model, target)
+
+
+def embedding_tables(model: onnx.ModelProto, vocab_rows: int) -> dict[str, list[onnx.NodeProto]]:
+    """The initialisers of ``vocab_rows`` rows that ``Gather`` nodes read token ids from (directly or through the
+    ``Identity`` aliases the exporter makes of equal weights), each with the Gathers reading it."""
+    graph = model.graph
+    rows = {init.name: init.dims[0] for init in graph.initializer if len(init.dims) == 2}  # fmt: skip
+    alias = {node.output[0]: node.input[0] for node in graph.node if node.op_type == "Identity"}
+    tables: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        if node.op_type == "Gather":
+            source = node.input[0]
+            while source in alias:
+                source = alias[source]
+            if rows.get(source) == vocab_rows:
+                tables.setdefault(source, []).append(node)
+    return tables
+
+
+def prune_tables(model: onnx.ModelProto, kept: np.ndarray, vocab_rows: int) -> None:
+    """Keep the rows ``kept`` (in that order) of every embedding table of ``model``, in place."""
+    tables = embedding_tables(model, vocab_rows)
+    if not tables:
+        raise ExportError(f"vocabulary pruning: no embedding table of {vocab_rows} rows read by a Gather node")
+    for init in model.graph.initializer:
+        if init.name in tables:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init)[kept], init.name))
+
+
+def quantize_tables(model: onnx.ModelProto, vocab_rows: int, bits: int = 8, block: int = 32) -> None:
+    """Store every embedding table in ``bits`` bits, symmetric, in place, so that a looked-up row is dequantised alone:
+    8 bits with one fp32 scale per row (``Gather(int8) -> Cast -> Mul(Gather(scales))``), or 4 bits with one fp32
+    scale per ``block`` columns (ONNX Runtime's ``GatherBlockQuantized``, two values a byte)."""
+    graph = model.graph
+    tables = embedding_tables(model, vocab_rows)
+    gathers = {id(node): table for table, nodes in tables.items() for node in nodes}
+    initializers = {init.name: init for init in graph.initializer}
+    for table in tables:
+        values = numpy_helper.to_array(initializers[table]).astype(np.float32)
+        graph.initializer.remove(initializers[table])
+        graph.initializer.extend(quantized_table(values, table, bits, block))
+    nodes = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in tables:
+            continue  # an alias of a table: its Gathers read the quantised table directly
+        if id(node) not in gathers:
+            nodes.append(node)
+            continue
+        table, ids, out = gathers[id(node)], node.input[1], node.output[0]
+        if bits == 4:
+            nodes.append(helper.make_node(
+                "GatherBlockQuantized", [f"{table}_int4", ids, f"{table}_scale"], [out], domain="com.microsoft",
+                gather_axis=0, quantize_axis=1, block_size=block,
+            ))  # fmt: skip
+            continue
+        nodes += [
+            helper.make_node("Gather", [f"{table}_int8", ids], [f"{out}_int8"]),
+            helper.make_node("Cast", [f"{out}_int8"], [f"{out}_float"], to=TensorProto.FLOAT),
+            helper.make_node("Gather", [f"{table}_scale", ids], [f"{out}_scale"]),
+            helper.make_node("Mul", [f"{out}_float", f"{out}_scale"], [out]),
+        ]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if bits == 4 and not any(opset.domain == CONTRIB_DOMAIN for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
+    onnx.checker.check_model(model)
+
+
+def quantized_table(values: np.ndarray, name: str, bits: int, block: int) -> list[onnx.TensorProto]:
+    """The initialisers of table ``name`` in ``bits`` bits (``quantize_tables``): values and scales."""
+    if bits == 8:
+        scale = np.abs(values).max(axis=1, keepdims=True) / 127
+        scale[scale == 0] = 1
+        quantized = np.clip(np.round(values / scale), -127, 127).astype(np.int8)
+        return [numpy_helper.from_array(quantized, f"{name}_int8"), numpy_helper.from_array(scale, f"{name}_scale")]
+    rows, width = values.shape
+    if width % block:
+        raise ExportError(f"export.table_block_size: {block} does not divide the embedding width {width} of {name}")
+    blocks = values.reshape(rows, width // block, block)
+    scale = np.abs(blocks).max(axis=2) / 7
+    scale[scale == 0] = 1
+    # unsigned 4-bit with the op's default zero point 8, two columns a byte (the even one in the low half)
+    unsigned = (np.clip(np.round(blocks / scale[..., None]), -8, 7) + 8).astype(np.uint8).reshape(rows, width)
+    packed = unsigned[:, 0::2] | (unsigned[:, 1::2] << 4)
+    return [numpy_helper.from_array(packed, f"{name}_int4"), numpy_helper.from_array(scale, f"{name}_scale")]
+
+
+def kept_token_ids(tokenizer: Tokenizer, replace: dict[str, str], texts: Iterable[str], always: Iterable[int],
+                   special_tokens: bool, by_word: bool = False, chunk: int = 8192) -> np.ndarray:  # fmt: skip
+    """Sorted unique ids ``tokenizer`` gives ``texts`` (after ``replace``; with the special tokens of its template
+    if ``special_tokens``), and the ids ``always``.
+
+    ``by_word``: tokenise each distinct whitespace-separated word once instead of each text (far fewer calls on a
+    large transfer set); the same ids for tokenizers that split at whitespace and normalise character by character
+    (WordPiece, the word vocabulary)."""
+    kept = set(always)
+    if by_word:
+        words: set[str] = set()
+        for text in texts:
+            words.update(text.split())
+        unique = list(words)
+    else:
+        unique = list(dict.fromkeys(texts))
+    for start in range(0, len(unique), chunk):
+        batch = [_replaced(text, replace) for text in unique[start : start + chunk]]
+        for encoding in tokenizer.encode_batch(batch, add_special_tokens=special_tokens):
+            kept.update(encoding.ids)
+    return np.array(sorted(kept), dtype=np.int64)
+
+
+def _replaced(text: str, replace: dict[str, str]) -> str:
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    return text
+
+
+def id_map(kept: np.ndarray, vocab_rows: int, unk_id: int) -> np.ndarray:
+    """New id of every old id: its position in ``kept``, or the unknown token's for the ids not kept."""
+    new = np.full(vocab_rows, int(np.searchsorted(kept, unk_id)), dtype=np.int64)
+    new[kept] = np.arange(len(kept))
+    return new
+
+
+def prune_tokenizer(tokenizer: Tokenizer, new_ids: np.ndarray) -> str:
+    """The JSON of ``tokenizer`` with every id (vocabulary, added tokens, template special tokens) replaced by
+    ``new_ids[id]``: the same token strings and splits, so each dropped token reads as the unknown token.
+
+    Many tokens share the unknown token's id, which ``Tokenizer.save`` cannot write (it lists the vocabulary by id):
+    write this JSON as it is."""
+    data = json.loads(tokenizer.to_str())
+    data["model"]["vocab"] = {token: int(new_ids[i]) for token, i in data["model"]["vocab"].items()}
+    for added in data.get("added_tokens") or []:
+        added["id"] = int(new_ids[added["id"]])
+
+    def remap_special(node: Any) -> None:
+        if isinstance(node, dict):
+            for token in (node.get("special_tokens") or {}).values():
+                token["ids"] = [int(new_ids[i]) for i in token["ids"]]
+            for value in node.values():
+                remap_special(value)
+        elif isinstance(node, list):
+            for value in node:
+                remap_special(value)
+
+    remap_special(data.get("post_processor"))
+    return json.dumps(data, ensure_ascii=False)
 
 
 def standalone_tokenizer(encoder: StudentEncoder) -> tuple[Tokenizer, dict[str, str]]:
@@ -136,12 +302,22 @@ def encoded_pad_ids(encoder: StudentEncoder) -> dict[str, int]:
     return encoder.encode_inputs(["x"], ["x"]).pad_ids
 
 
+def token_arrays(encoder: StudentEncoder, inputs: list[str]) -> tuple[list[str], list[str]]:
+    """The model's token arrays (no lengths), and those of them holding vocabulary ids (not segment ids)."""
+    arrays = [name for name in inputs if not name.endswith(deploy.LENGTHS_SUFFIX)]
+    return arrays, arrays[:1] if isinstance(encoder, TransformerEncoder) else arrays
+
+
 def export_config(
     task: Task, encoder: StudentEncoder, inputs: list[str], replace: dict[str, str], files: dict[str, str],
-    source: dict[str, Any],
+    source: dict[str, Any], new_ids: np.ndarray | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The ``config.json`` read by ``pipeline.serving.deploy``."""
-    arrays = [name for name in inputs if not name.endswith(deploy.LENGTHS_SUFFIX)]
+    """The ``config.json`` read by ``pipeline.serving.deploy`` (ids after pruning, if ``new_ids`` maps them)."""
+    arrays, vocabulary_arrays = token_arrays(encoder, inputs)
+    pad_ids, unk_id = encoded_pad_ids(encoder), encoder.unk_id
+    if new_ids is not None:
+        pad_ids = {name: int(new_ids[pad]) if name in vocabulary_arrays else pad for name, pad in pad_ids.items()}
+        unk_id = int(new_ids[unk_id])
     return {
         "format": deploy.FORMAT_NAME,
         "format_version": deploy.FORMAT_VERSION,
@@ -151,52 +327,90 @@ def export_config(
         "tokenizer": TOKENIZER_FILE,
         "max_length": encoder.max_length,
         "encoding": deploy.JOINT_ENCODING if isinstance(encoder, TransformerEncoder) else deploy.SEPARATE_ENCODING,
-        "pad_ids": encoded_pad_ids(encoder),
-        "unk_id": encoder.unk_id,
+        "pad_ids": pad_ids,
+        "unk_id": unk_id,
         "replace": replace,
         "inputs": arrays,
         "models": files,
+        "default_variant": next(variant for variant in DEFAULT_VARIANTS if variant in files),
+        "vocabulary": {
+            "rows": encoder.vocab_size,
+            "kept": encoder.vocab_size if new_ids is None else int(new_ids.max()) + 1,
+        },
         "source": source,
     }
 
 
 def write_variants(
-    model: StudentModel, encoder: StudentEncoder, task: Task, folder: Path, params: ExportParams
-) -> tuple[list[str], dict[str, str]]:
-    """Write the fp32 ONNX model and the requested variants into ``folder``; return input names and variant files."""
+    model: StudentModel, encoder: StudentEncoder, task: Task, folder: Path, params: ExportParams,
+    kept: np.ndarray | None = None,
+) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+    """Write the fp32 ONNX model and the requested variants into ``folder`` (embedding tables cut to the rows
+    ``kept``, if given); return input names and variant files."""
     files = dict.fromkeys([FP32_VARIANT], MODEL_FILES[FP32_VARIANT])
     inputs = export_onnx(model, encoder, task, folder / files[FP32_VARIANT], params.opset)
+    if kept is not None:
+        fp32 = onnx.load(folder / files[FP32_VARIANT])
+        prune_tables(fp32, kept, encoder.vocab_size)
+        onnx.save(fp32, folder / files[FP32_VARIANT])
     specialised = SPECIALISED_VARIANTS.get(model.architecture, {})
     for variant in params.variants:
         if variant == INT8_VARIANT:
             files[variant] = MODEL_FILES[variant]
-            quantize_int8(folder / files[FP32_VARIANT], folder / files[variant], params)
+            rows = encoder.vocab_size if kept is None else len(kept)
+            quantize_int8(folder / files[FP32_VARIANT], folder / files[variant], params, rows)
         elif variant in specialised:
             files[variant] = f"model-{variant}.onnx"
-            onnx.save(specialised[variant](model, task.name, params.opset), folder / files[variant])
+            graph = specialised[variant](model, task.name, params.opset)
+            if kept is not None:
+                prune_tables(graph, kept, encoder.vocab_size)
+            onnx.save(graph, folder / files[variant])
         else:
             log.info("export variant %r is not available for architecture %r: skipped", variant, model.architecture)
     return inputs, files
 
 
-def write_export(
-    model: StudentModel, encoder: StudentEncoder, task: Task, folder: Path, params: ExportParams, source: dict[str, Any]
-) -> None:
-    """Write the ONNX variants, ``tokenizer.json`` and ``config.json`` of ``task`` into an existing ``folder``."""
-    inputs, files = write_variants(model, encoder, task, folder, params)
+def vocabulary_ids(encoder: StudentEncoder, texts: Iterable[str], by_word: bool = False) -> np.ndarray:
+    """The sorted token ids the student meets in ``texts``, with its padding, unknown and template special tokens
+    (``by_word``: tokenised word by word, ``kept_token_ids``)."""
     tokenizer, replace = standalone_tokenizer(encoder)
-    tokenizer.save(str(folder / TOKENIZER_FILE))
-    write_json(export_config(task, encoder, inputs, replace, files, source), folder / deploy.CONFIG_FILE)
+    joint = isinstance(encoder, TransformerEncoder)
+    pads = encoded_pad_ids(encoder)
+    always = [encoder.unk_id, *(pads[name] for name in (["ids"] if joint else pads))]
+    return kept_token_ids(tokenizer, replace, texts, always, special_tokens=joint, by_word=by_word)
+
+
+def write_export(
+    model: StudentModel, encoder: StudentEncoder, task: Task, folder: Path, params: ExportParams,
+    source: dict[str, Any], kept: np.ndarray | None = None,
+) -> None:  # fmt: skip
+    """Write the ONNX variants, ``tokenizer.json`` and ``config.json`` of ``task`` into an existing ``folder``;
+    with ``kept`` (sorted token ids, ``vocabulary_ids``), only those rows of the embedding tables."""
+    inputs, files = write_variants(model, encoder, task, folder, params, kept)
+    tokenizer, replace = standalone_tokenizer(encoder)
+    new_ids = None if kept is None else id_map(kept, encoder.vocab_size, encoder.unk_id)
+    if new_ids is None:
+        tokenizer.save(str(folder / TOKENIZER_FILE))
+    else:
+        (folder / TOKENIZER_FILE).write_text(prune_tokenizer(tokenizer, new_ids), encoding="utf-8")
+    config = export_config(task, encoder, inputs, replace, files, source, new_ids)
+    write_json(config, folder / deploy.CONFIG_FILE)
 
 
 def check_variants(
     model: StudentModel, encoder: StudentEncoder, task: Task, folder: Path, splits: dict[str, pa.Table],
-    params: ExportParams,
+    params: ExportParams, seen: np.ndarray | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Dev metrics of the PyTorch student and every exported variant, fp32 parity, the int8 metric drop."""
+    """Dev metrics of the PyTorch student and every exported variant (file size, metrics, drop in points from the
+    PyTorch student), fp32 parity (of the pruned vocabulary too), the int8 drop. ``seen``: the sorted token ids of
+    the student's training texts, to report how dev reads with the tokens outside them mapped to the unknown one."""
     config = deploy.read_config(folder)
-    report: dict[str, Any] = {"pytorch": {}, "variants": {v: {"file_bytes": (folder / f).stat().st_size}
-                                                         for v, f in config["models"].items()}}  # fmt: skip
+    variants = {variant: {"file_bytes": (folder / file).stat().st_size} for variant, file in config["models"].items()}
+    report: dict[str, Any] = {
+        "default_variant": config["default_variant"], "vocabulary": config["vocabulary"],
+        "folder_bytes": sum(path.stat().st_size for path in folder.iterdir() if path.is_file()),
+        "pytorch": {}, "variants": variants,
+    }  # fmt: skip
     runners = {variant: deploy.ExportedStudent(folder, variant) for variant in config["models"]}
     for split, table in splits.items():
         text_a, text_b = table_texts(task, table)
@@ -206,9 +420,14 @@ def check_variants(
         for variant, runner in runners.items():
             logits = runner.logits(text_a, text_b, params.check_batch_size)
             entry = report["variants"][variant]
-            entry.setdefault("dev", {})[split] = compute_metrics(task, logits, labels)
+            entry.setdefault("dev", {})[split] = metrics = compute_metrics(task, logits, labels)
+            primary = task.primary_metric
+            entry.setdefault("drop_points", {})[split] = 100 * (report["pytorch"][split][primary] - metrics[primary])
             difference = float(np.abs(logits - reference).max()) if len(reference) else 0.0
             entry["max_abs_logit_diff"] = max(entry.get("max_abs_logit_diff", 0.0), difference)
+        if seen is not None:
+            report.setdefault("unseen_tokens", {})[split] = unseen_tokens(runners[FP32_VARIANT], task, table, seen,
+                                                                          params.check_batch_size)  # fmt: skip
     for variant, entry in report["variants"].items():
         if variant in EXACT_VARIANTS and entry["max_abs_logit_diff"] > params.parity_tolerance:
             raise ExportError(
@@ -218,6 +437,26 @@ def check_variants(
     if INT8_VARIANT in report["variants"]:
         report["int8_drop_points"] = int8_drop(task, report, params.max_int8_drop)
     return report
+
+
+def unseen_tokens(
+    runner: deploy.ExportedStudent, task: Task, table: pa.Table, seen: np.ndarray, batch_size: int
+) -> dict[str, Any]:
+    """Tokens of ``table`` outside the ids ``seen`` (the exported ids of the training texts), and ``runner``'s metrics
+    with those read as the unknown token: what pruning to the training texts alone would cost on this split."""
+    text_a, text_b = table_texts(task, table)
+    vocabulary_arrays = runner.inputs[:1] if runner.joint else runner.inputs
+    allowed = set(seen.tolist())
+    total = outside = 0
+    mapped = []
+    for name, column in zip(runner.inputs, runner.encode(text_a, text_b), strict=True):
+        if name in vocabulary_arrays:
+            total += sum(len(row) for row in column)
+            outside += sum(token not in allowed for row in column for token in row)
+            column = [[token if token in allowed else runner.unk_id for token in row] for row in column]
+        mapped.append(column)
+    metrics = compute_metrics(task, runner.logits_from_ids(mapped, batch_size), table.column("label").to_numpy())
+    return {"tokens": total, "outside_training": outside, "metrics_unseen_as_unknown": metrics}
 
 
 def int8_drop(task: Task, report: dict[str, Any], max_drop: float) -> dict[str, Any]:
