@@ -360,3 +360,28 @@ def test_four_bit_tables_halve_the_int8_tables_and_stay_close(tmp_path, tiny_ber
     assert 0 < np.abs(logits - reference).max() < 0.1 * np.abs(reference).max()
     with pytest.raises(ExportError, match="table_block_size: 64 does not divide"):
         exported(tmp_path, model, encoder, "sst2", kept, "bad", table_bits=4, table_block_size=64)
+
+
+@pytest.mark.parametrize("processor", ["template", "bert"])
+def test_pruned_tokenizer_renumbers_the_special_tokens_of_its_template(tiny_bert_dir, processor):
+    from tokenizers import Tokenizer, processors
+
+    from pipeline.serving.export import id_map, prune_tokenizer
+
+    _, encoder = build_student(tiny_bert_dir, ["sst2"])
+    tokenizer, _ = standalone_tokenizer(encoder)
+    if processor == "bert":
+        tokenizer.post_processor = processors.BertProcessing(("[SEP]", tokenizer.token_to_id("[SEP]")),
+                                                             ("[CLS]", tokenizer.token_to_id("[CLS]")))  # fmt: skip
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    # without the padding id, so that every kept id below the pieces moves down
+    kept = np.union1d([encoder.unk_id, cls, sep], tokenizer.encode("the film", add_special_tokens=False).ids)
+    new_ids = id_map(kept, encoder.vocab_size, encoder.unk_id)
+    pruned = Tokenizer.from_str(prune_tokenizer(tokenizer, new_ids))
+    for a, b in (("the film", None), ("the zebra film", "good")):
+        old = tokenizer.encode(a, b).ids
+        expected = [
+            int(np.searchsorted(kept, t)) if t in kept else int(np.searchsorted(kept, encoder.unk_id)) for t in old
+        ]
+        assert pruned.encode(a, b).ids == expected
+        assert expected[0] == int(np.searchsorted(kept, cls)) != cls and expected[-1] != sep

@@ -267,8 +267,11 @@ def prune_tokenizer(tokenizer: Tokenizer, new_ids: np.ndarray) -> str:
 
     def remap_special(node: Any) -> None:
         if isinstance(node, dict):
-            for token in (node.get("special_tokens") or {}).values():
+            for token in (node.get("special_tokens") or {}).values():  # TemplateProcessing
                 token["ids"] = [int(new_ids[i]) for i in token["ids"]]
+            for key in ("cls", "sep"):  # BertProcessing, RobertaProcessing: [token, id]
+                if isinstance(node.get(key), list):
+                    node[key][1] = int(new_ids[node[key][1]])
             for value in node.values():
                 remap_special(value)
         elif isinstance(node, list):
