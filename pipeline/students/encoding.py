@@ -39,7 +39,8 @@ WORD_PATTERN = re.compile(r"\[mask\]|\w+|[^\w\s]")
 RANDOM_INIT_STD = 0.1
 # Texts tokenised per call when encoding into a TokenArray (bounds the memory of intermediate Python lists).
 ENCODE_CHUNK = 100_000
-# Suffix of the teacher's word-embedding tensor name in its safetensors checkpoint.
+# Suffix of the teacher's word-embedding tensor name in its safetensors checkpoint: BERT's and MPNet's, bare
+# (``embeddings.…``) or under a classifier's base-model prefix (``bert.embeddings.…``, ``mpnet.embeddings.…``).
 WORD_EMBEDDINGS_KEY = "embeddings.word_embeddings.weight"
 ENCODER_CONFIG = "encoder.json"
 WORD_VOCAB_FILE = "words.txt"

@@ -164,7 +164,9 @@ class TransformerStudent(StudentModel):
         teacher_config = AutoConfig.from_pretrained(teacher_dir)
         if not isinstance(teacher_config, BertConfig):
             raise ValueError(
-                f"{teacher_dir}: the Transformer student copies a BERT teacher, not {teacher_config.model_type}"
+                f"{teacher_dir}: the Transformer student copies a BERT teacher's layers, not an "
+                f"{teacher_config.model_type} model's: remove 'transformer' from mkd.students, or set "
+                "teacher.checkpoint to a BERT checkpoint"
             )
         if hp.layers > teacher_config.num_hidden_layers:
             raise ValueError(
