@@ -385,3 +385,28 @@ def test_pruned_tokenizer_renumbers_the_special_tokens_of_its_template(tiny_bert
         ]
         assert pruned.encode(a, b).ids == expected
         assert expected[0] == int(np.searchsorted(kept, cls)) != cls and expected[-1] != sep
+
+
+def test_the_kept_vocabulary_comes_from_every_text_of_the_task_but_dev(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipeline.stages.export import texts as table_texts
+    from pipeline.stages.export import training_tables
+
+    def write(path: Path, rows: list[str]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"text_a": rows, "text_b": pa.array([None] * len(rows), pa.string()),
+                                 "label": [0] * len(rows)}), path)  # fmt: skip
+
+    prepared, augmented = tmp_path / "prepared", tmp_path / "augmented"
+    write(prepared / "sst2" / "train.parquet", ["train one"])
+    write(prepared / "sst2" / "dev.parquet", ["dev only"])
+    write(prepared / "sst2" / "unlabelled.parquet", ["unlabelled text"])
+    write(augmented / "sst2.parquet", ["train one", "train [MASK]"])
+    tables = training_tables(get_task("sst2"), prepared, augmented)
+    assert sorted(table_texts(get_task("sst2"), tables)) == [
+        "train [MASK]",
+        "train one",
+        "train one",
+        "unlabelled text",
+    ]
