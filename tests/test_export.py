@@ -273,15 +273,20 @@ UNSEEN = ["lovely superb story", "the film is tedious and dull", "quite very zeb
 
 
 @pytest.mark.parametrize(
-    ("architecture", "task_name"), [("bilstm", "sst2"), ("bilstm", "mrpc"), ("transformer", "mrpc")]
+    ("architecture", "task_name"),
+    [("bilstm", "sst2"), ("bilstm", "mrpc"), ("transformer", "mrpc"), ("biattentive", "sst2")],
 )
 def test_pruned_vocabulary_keeps_seen_texts_exact_and_reads_unseen_tokens_as_unknown(
     tmp_path, tiny_bert_dir, architecture, task_name
 ):
     from pipeline.students.architectures import get_architecture
 
-    params = Params.model_validate({"bilstm": {"hidden_size": 8, "fc_hidden": 8, "max_length": 16},
-                                    "transformer": {"layers": 1, "max_length": 12}})  # fmt: skip
+    params = Params.model_validate({
+        "bilstm": {"hidden_size": 8, "fc_hidden": 8, "max_length": 16},
+        "transformer": {"layers": 1, "max_length": 12},
+        "biattentive": {"feedforward_size": 8, "encoder_size": 4, "integrator_size": 4, "output_sizes": [8],
+                        "max_length": 16},
+    })  # fmt: skip
     torch.manual_seed(0)
     model, encoder = get_architecture(architecture).build(params, [get_task(task_name)], tiny_bert_dir, texts(50, 1), 0)
     model.eval()
