@@ -415,3 +415,11 @@ def test_the_kept_vocabulary_comes_from_every_text_of_the_task_but_dev(tmp_path)
         "train one",
         "unlabelled text",
     ]
+
+
+def test_word_by_word_collection_finds_the_ids_of_whole_texts(tiny_bert_dir):
+    _, encoder = build_student(tiny_bert_dir, ["sst2"])
+    sample = texts(60, 12) + ["good,bad!  film\tplot\u00a0story", "ZEBRA [MASK]acting"]
+    whole = vocabulary_ids(encoder, sample)
+    assert vocabulary_ids(encoder, sample, by_word=True).tolist() == whole.tolist()
+    assert encoder.unk_id in whole and len(whole) > 10

@@ -69,6 +69,7 @@ INT8_VARIANT = "int8"
 DEFAULT_VARIANTS = (INT8_VARIANT, FP32_VARIANT)
 TABLE_OP = "Gather"  # in export.int8_ops: quantise the embedding tables (export.table_bits)
 CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's operators (GatherBlockQuantized)
+WORD_SPLIT_MODELS = ("WordPiece", "WordLevel")  # tokenizer models whose ids can be collected word by word
 MODEL_FILES = {FP32_VARIANT: "model.onnx", INT8_VARIANT: "model-int8.onnx"}
 TOKENIZER_FILE = "tokenizer.json"
 # Sample texts traced by the exporter: two rows of different lengths, so padding is part of the trace.
@@ -182,7 +183,7 @@ def quantize_tables(model: onnx.ModelProto, vocab_rows: int, bits: int = 8, bloc
         table, ids, out = gathers[id(node)], node.input[1], node.output[0]
         if bits == 4:
             nodes.append(helper.make_node(
-                "GatherBlockQuantized", [f"{table}_int4", ids, f"{table}_scale"], [out], domain="com.microsoft",
+                "GatherBlockQuantized", [f"{table}_int4", ids, f"{table}_scale"], [out], domain=CONTRIB_DOMAIN,
                 gather_axis=0, quantize_axis=1, block_size=block,
             ))  # fmt: skip
             continue
@@ -225,9 +226,9 @@ def kept_token_ids(tokenizer: Tokenizer, replace: dict[str, str], texts: Iterabl
 
     ``by_word``: tokenise each distinct whitespace-separated word once instead of each text (far fewer calls on a
     large transfer set); the same ids for tokenizers that split at whitespace and normalise character by character
-    (WordPiece, the word vocabulary)."""
+    (WordPiece, the word vocabulary), so other models (BPE's leading-space tokens) tokenise whole texts."""
     kept = set(always)
-    if by_word:
+    if by_word and type(tokenizer.model).__name__ in WORD_SPLIT_MODELS:
         words: set[str] = set()
         for text in texts:
             words.update(text.split())
@@ -261,6 +262,11 @@ def prune_tokenizer(tokenizer: Tokenizer, new_ids: np.ndarray) -> str:
     Many tokens share the unknown token's id, which ``Tokenizer.save`` cannot write (it lists the vocabulary by id):
     write this JSON as it is."""
     data = json.loads(tokenizer.to_str())
+    if not isinstance(data["model"].get("vocab"), dict):
+        raise ExportError(
+            f"vocabulary pruning: a {data['model']['type']} tokenizer has no token-to-id vocabulary to renumber "
+            "(set export.prune_vocabulary: false)"
+        )
     data["model"]["vocab"] = {token: int(new_ids[i]) for token, i in data["model"]["vocab"].items()}
     for added in data.get("added_tokens") or []:
         added["id"] = int(new_ids[added["id"]])
