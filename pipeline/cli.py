@@ -363,7 +363,8 @@ def predict(
         str,
         typer.Option(
             help="student-int8 (default: the small deployable) | student-onnx | student-table (exported, onnxruntime); "
-            "student | baseline | teacher | mt_teacher (PyTorch); MKD students: "
+            "student | baseline | teacher | mt_teacher (PyTorch); the static student: static-int8 | static-onnx "
+            "(exported), static (PyTorch); MKD students: "
             "mkd_<architecture> (PyTorch: the task's fine-tuned model, else the joint one), "
             "mkd_<architecture>_joint, or mkd_<architecture>-<variant> (exported), e.g. mkd_transformer-int8"
         ),
