@@ -3,7 +3,9 @@
 The texts and gold labels come straight from the GLUE TSV files (parsed here by header name, not by
 ``pipeline.data.glue``), the teachers run through plain ``transformers`` (AutoTokenizer +
 AutoModelForSequenceClassification), the students through ``load_student`` + ``predict``, the model2vec reference
-model through the ``model2vec`` library's own pipeline, and the metrics through sklearn/scipy. A report whose
+model through the ``model2vec`` library's own pipeline, the TF-IDF reference model refitted here with scikit-learn on
+the GLUE train file (the settings documented for ``tfidf``, not ``pipeline.serving.tfidf``), and the metrics through
+sklearn/scipy. A report whose
 numbers match these to 1e-4 scored the right models on the right rows against their own labels: a label shifted by
 one row, another split, or another model's outputs would not match.
 """
@@ -15,7 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from scipy import sparse
 from scipy.stats import pearsonr, spearmanr
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -47,10 +52,13 @@ class Dev:
         self.labels = np.array([float(v) for v in raw]) if task == "stsb" else np.array([int(v) for v in raw])
 
     @classmethod
-    def of_project(cls, project: Path, task: str) -> Dev:
-        """The dev file of ``task`` in the GLUE folder the project's params.yaml names."""
-        folder, stem, *_ = GLUE_COLUMNS[task]
-        return cls(task, Path(project_params(project)["data"]["glue_dir"]) / folder / f"{stem}.tsv")
+    def of_project(cls, project: Path, task: str, stem: str | None = None) -> Dev:
+        """The dev file (or the ``stem`` file, e.g. ``train``) of ``task`` in the GLUE folder params.yaml names."""
+        folder, dev_stem, *_ = GLUE_COLUMNS[task]
+        return cls(task, Path(project_params(project)["data"]["glue_dir"]) / folder / f"{stem or dev_stem}.tsv")
+
+    def columns(self) -> list[list[str]]:
+        return [self.text_a] if self.text_b is None else [self.text_a, self.text_b]
 
     def __len__(self) -> int:
         return len(self.text_a)
@@ -92,6 +100,26 @@ def model2vec_outputs(folder: Path, data: Dev) -> np.ndarray:
     return np.eye(2)[predicted.astype(int)]
 
 
+def tfidf_outputs(project: Path, data: Dev) -> np.ndarray:
+    """The TF-IDF reference model as documented (per text column: word 1-2-gram and char_wb 2-5-gram TF-IDF,
+    sublinear tf, side by side; logistic regression, Ridge for STS-B), fitted on the project's GLUE train file:
+    one-hot rows of the predicted classes, or the predicted scores."""
+    params = project_params(project)
+    settings, train = params["tfidf"], Dev.of_project(project, data.task, "train")
+    fitted, scored = [], []
+    for train_column, column in zip(train.columns(), data.columns(), strict=True):
+        options = {"sublinear_tf": True, "max_features": settings["max_features"]}
+        for vectorizer in (TfidfVectorizer(analyzer="word", ngram_range=(1, 2), **options),
+                           TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), **options)):  # fmt: skip
+            fitted.append(vectorizer.fit_transform(train_column))
+            scored.append(vectorizer.transform(column))
+    features, rows = sparse.hstack(fitted, format="csr"), sparse.hstack(scored, format="csr")
+    if data.task == "stsb":
+        return Ridge(alpha=settings["alpha"]).fit(features, train.labels).predict(rows).reshape(len(data), 1)
+    model = LogisticRegression(C=settings["C"], max_iter=2000, random_state=params["seed"])
+    return np.eye(2)[model.fit(features, train.labels).predict(rows)]
+
+
 def task_metrics(task: str, outputs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """The GLUE metrics of ``task``: accuracy (SST-2), F1 and accuracy (QQP), Pearson and Spearman (STS-B)."""
     if task == "stsb":
@@ -112,6 +140,7 @@ def model_dirs(project: Path, task: str, multi_task: bool = False) -> dict[str, 
         "student": ("student", project / "models" / "student" / task),
         "baseline": ("student", project / "models" / "baseline" / task),
         "model2vec": ("model2vec", project / "models" / "model2vec" / task),
+        "tfidf": ("tfidf", project / "data" / "prepared" / task),  # refitted on the GLUE train file, no folder read
         "static": ("student", project / "models" / "static" / task),
     }
     if multi_task:
@@ -141,6 +170,8 @@ def recompute(project: Path, data: Dev, multi_task: bool = False) -> dict[str, d
             outputs = teacher_outputs(folder, data, max_length)
         elif kind == "model2vec":
             outputs = model2vec_outputs(folder, data)
+        elif kind == "tfidf":
+            outputs = tfidf_outputs(project, data)
         else:
             outputs = student_outputs(folder, data)
         assert outputs.shape[0] == len(data), (name, outputs.shape)

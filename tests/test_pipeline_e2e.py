@@ -91,12 +91,13 @@ def project(tmp_path_factory, tiny_bert_dir) -> Path:
 
 def test_repro_runs_every_stage_and_reports_metrics(project):
     result = dvc("repro", cwd=project)
-    single_task = ("prepare", "teacher", "augment", "score", "student", "baseline", "reference", "export", "evaluate")
+    single_task = ("prepare", "teacher", "augment", "score", "student", "static", "baseline", "reference", "export")
+    single_task += ("export_static", "evaluate")
     assert stages_run(result) == MULTI_TASK_STAGES | {"mt_score@sst2-multitask"} | {f"{s}@sst2" for s in single_task}
     report = json.loads((project / "metrics" / "report" / "sst2.json").read_text())
     headline = json.loads((project / "metrics" / "sst2.json").read_text())  # the declared DVC metric
     dev_quality = report["quality"]["dev"]
-    primary = ("teacher", "student", "baseline", "tfidf", "model2vec")
+    primary = ("teacher", "student", "baseline", "static", "tfidf", "model2vec")
     assert {model: headline[model] for model in primary} == {model: dev_quality[model]["accuracy"] for model in primary}
     assert headline["kd_gain"] == dev_quality["student"]["accuracy"] - dev_quality["baseline"]["accuracy"]
     # one speed-up per timed batch size (tiny_params times batch sizes 1 and 8)
@@ -208,6 +209,7 @@ def test_evaluate_accepts_any_glue_tsv(project, tmp_path):
     assert set(report["quality"]) == {"held_out_sst2"}  # the split is named after the file
     single_task = {"teacher", "student", "baseline", "student-onnx", "student-int8", "student-table"}
     single_task |= {"tfidf", "model2vec"}  # the reference models
+    single_task |= {"static", "static-onnx", "static-int8"}  # the static student and its exports
     # The MKD models trained by the same repro: the joint student, the fine-tuned one and its exported variants.
     mkd = {
         f"mkd_{arch}{suffix}"

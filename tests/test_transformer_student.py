@@ -260,3 +260,25 @@ def test_averaging_rejects_teachers_of_another_checkpoint(tiny_bert_dir: Path, t
     vocab.write_text(vocab.read_text() + " ")
     with pytest.raises(ValueError, match=rf"{vocab.name} differs from .*first.*: teachers of other tokenizers"):
         average_teachers([first, other], tmp_path / "mean")
+
+
+def test_teacher_layer_norms_saved_under_legacy_names_are_read(tiny_bert_dir: Path, tmp_path: Path):
+    # transformers 5.3 saves a fine-tuned BERT's LayerNorm parameters as gamma/beta (seen on the averaged teachers)
+    from safetensors.torch import save_file
+
+    from pipeline.students.transformer import teacher_tensors
+
+    stored = load_file(tiny_bert_dir / "model.safetensors")
+    renamed = {
+        name.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): tensor
+        for name, tensor in stored.items()
+    }
+    assert any(name.endswith("LayerNorm.gamma") for name in renamed)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    save_file(renamed, legacy / "model.safetensors")
+    wanted = [name for name in stored if "LayerNorm" in name]
+    read = teacher_tensors(legacy, wanted)
+    assert set(read) == set(wanted)
+    for name in wanted:
+        assert torch.equal(read[name], stored[name].float())

@@ -27,6 +27,8 @@ from pipeline.params import Params
 from pipeline.serving.catalogue import (
     EXPORTED_PREFIX,
     REFERENCES,
+    STATIC,
+    STATIC_EXPORTED_PREFIX,
     ModelSource,
     Predictor,
     existing,
@@ -133,26 +135,30 @@ def fastest(report: dict[str, Any], models: Sequence[str]) -> dict[str, str]:
 def evaluate_splits(
     task: Task, params: Params, splits: dict[str, pa.Table], all_models: bool = False
 ) -> dict[str, Any]:
-    """The evaluate stage's report: teacher, KD student, baseline and the student's exported variants
-    (``all_models``: plus every multi-task model that exists), with every student variant's size and speed ratios
-    to the teacher and the fastest variant per batch size."""
+    """The evaluate stage's report: teacher, KD student, baseline, reference models, the student's exported variants
+    and the static student with its variants (``all_models``: plus every multi-task model that exists), with every
+    student variant's size and speed ratios to the teacher and the fastest variant per batch size."""
     models = single_task_models(task, params)
     if all_models:
         models = {**models, **existing(multi_task_models(task, params))}
     report = evaluate_models(task, params, models, splits)
-    students = ["student", *(name for name in models if name.startswith(EXPORTED_PREFIX))]
+    students = [
+        name for name in models
+        if name in ("student", STATIC) or name.startswith((EXPORTED_PREFIX, STATIC_EXPORTED_PREFIX))
+    ]  # fmt: skip
     report["ratios"] = {f"{name}_vs_teacher": ratios(report, name, "teacher") for name in students}
     report["fastest_student"] = fastest(report, students)
     return report
 
 
 def headline(task: Task, report: dict[str, Any]) -> dict[str, Any]:
-    """The numbers ``dvc metrics`` shows for a task (``metrics/<task>.json``): teacher, KD student, baseline and the
-    reference models (TF-IDF, model2vec) on the task's primary metric (first dev split), the KD gain (student -
-    baseline) and, per timed batch size, how many times faster than the teacher the fastest deployable student variant
-    is. The full report is a plain output."""
+    """The numbers ``dvc metrics`` shows for a task (``metrics/<task>.json``): teacher, KD student, baseline, static
+    student and the reference models (TF-IDF, model2vec) on the task's primary metric (first dev split), the KD gain
+    (student - baseline) and, per timed batch size, how many times faster than the teacher the fastest student variant
+    (KD or static, PyTorch or exported) is. The full report is a plain output."""
     quality = next(iter(report["quality"].values()))
-    primary = {model: quality[model][task.primary_metric] for model in ("teacher", "student", "baseline", *REFERENCES)}
+    shown = ("teacher", "student", "baseline", STATIC, *REFERENCES)
+    primary = {model: quality[model][task.primary_metric] for model in shown}
     speedup = {
         key: report["ratios"][f"{best}_vs_teacher"][f"speed_{key}"] for key, best in report["fastest_student"].items()
     }

@@ -217,17 +217,30 @@ def student_bert_config(teacher_config: BertConfig, layers: int, dropout: float)
     )
 
 
+# LayerNorm parameters under their legacy names, as some transformers releases (5.3) save them
+LEGACY_NORM_SUFFIXES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
+
+
+def _current_name(name: str) -> str:
+    """``name`` with a legacy LayerNorm suffix (``gamma``/``beta``) renamed to ``weight``/``bias``."""
+    for legacy, current in LEGACY_NORM_SUFFIXES.items():
+        if name.endswith(legacy):
+            return name[: -len(legacy)] + current
+    return name
+
+
 def teacher_tensors(teacher_dir: Path, names: Iterable[str]) -> dict[str, torch.Tensor]:
     """The teacher's tensors for the student's ``BertModel`` parameter ``names``, from its safetensors files.
 
-    Accepts a bare BERT checkpoint (``embeddings.…``) and a fine-tuned classifier (``bert.embeddings.…``).
+    Accepts a bare BERT checkpoint (``embeddings.…``) and a fine-tuned classifier (``bert.embeddings.…``), with
+    LayerNorm parameters named ``weight``/``bias`` or, as transformers 5.3 saves them, ``gamma``/``beta``.
     """
     files = sorted(teacher_dir.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{teacher_dir}: no *.safetensors weights")
     stored: dict[str, torch.Tensor] = {}
     for path in files:
-        stored.update(load_file(path))
+        stored.update({_current_name(name): tensor for name, tensor in load_file(path).items()})
     prefix = CLASSIFIER_PREFIX if any(key.startswith(CLASSIFIER_PREFIX) for key in stored) else ""
     wanted = list(names)
     missing = [name for name in wanted if prefix + name not in stored]
