@@ -135,7 +135,7 @@ def test_repro_runs_every_stage_of_every_task(project):
             assert config["tasks"] == [task]
     comparison = json.loads((project / "metrics" / "comparison_summary.json").read_text())
     headline = json.loads((project / "metrics" / "comparison.json").read_text())
-    delivered = {"teacher", "mt_teacher", "student", "baseline", "tfidf", "model2vec"}
+    delivered = {"teacher", "mt_teacher", "student", "baseline", "static", "tfidf", "model2vec"}
     delivered |= {f"mkd_{s}" for s in MKD_STUDENTS}
     assert headline == {model: comparison["average"][model] / 100 for model in delivered}
     models = {
