@@ -13,7 +13,7 @@ from pipeline.data.tasks import Task
 from pipeline.params import BiLSTMParams, Params
 from pipeline.students.base import Batch, StudentModel, padding_mask
 from pipeline.students.encoding import StudentEncoder, build_encoder
-from pipeline.students.layers import PaddedBiLSTM, stack_right_padded
+from pipeline.students.layers import PaddedBiLSTM, mlp_heads, pair_features, stack_right_padded
 
 
 class BiLSTMStudent(StudentModel):
@@ -39,16 +39,7 @@ class BiLSTMStudent(StudentModel):
         width = embeddings.shape[1] * (2 if params.multichannel else 1)
         self.lstm = PaddedBiLSTM(width, params.hidden_size)
         sentence = 2 * params.hidden_size
-        self.heads = nn.ModuleDict({
-            task.name: nn.Sequential(
-                nn.Dropout(params.dropout),
-                nn.Linear(4 * sentence if task.is_pair else sentence, params.fc_hidden),
-                nn.ReLU(),
-                nn.Dropout(params.dropout),
-                nn.Linear(params.fc_hidden, task.num_outputs),
-            )
-            for task in tasks
-        })  # fmt: skip
+        self.heads = mlp_heads(tasks, sentence, params.fc_hidden, params.dropout)
 
     @classmethod
     def build(
@@ -84,4 +75,4 @@ class BiLSTMStudent(StudentModel):
         # One LSTM pass over both sides: pad to a common width and stack along the batch.
         ids = stack_right_padded(batch["a"], batch["b"])
         h1, h2 = self.encode(ids, torch.cat([batch["a_lengths"], batch["b_lengths"]])).chunk(2)
-        return head(torch.cat([h1, h2, h1 * h2, (h1 - h2).abs()], dim=-1))
+        return head(pair_features(h1, h2))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pipeline.data.tasks import Task
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -72,3 +76,23 @@ class MultichannelEmbedding(nn.Module):
         if self.frozen is None:
             return embedded
         return torch.cat([self.frozen(ids), embedded], dim=-1)
+
+
+def pair_features(h1: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
+    """The siamese pair representation of two sentence vectors: ``[h1; h2; h1 * h2; |h1 - h2|]`` (Tang et al.)."""
+    return torch.cat([h1, h2, h1 * h2, (h1 - h2).abs()], dim=-1)
+
+
+def mlp_heads(tasks: Sequence[Task], sentence_width: int, hidden_size: int, dropout: float) -> nn.ModuleDict:
+    """One output layer per task on a sentence vector (four of them side by side for a pair, ``pair_features``):
+    dropout, a ReLU layer of ``hidden_size``, dropout, a linear layer to the task's outputs."""
+    return nn.ModuleDict({
+        task.name: nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(4 * sentence_width if task.is_pair else sentence_width, hidden_size),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_size, task.num_outputs),
+        )
+        for task in tasks
+    })  # fmt: skip

@@ -26,6 +26,7 @@ from pipeline.data.tasks import Task
 from pipeline.params import Params, StaticParams
 from pipeline.students.base import Batch, StudentModel, padding_mask
 from pipeline.students.encoding import WordPieceEncoder
+from pipeline.students.layers import mlp_heads, pair_features
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +63,7 @@ class StaticStudent(StudentModel):
         self.params = params
         self.embedding = nn.Embedding.from_pretrained(embeddings.clone(), freeze=False, sparse=True)
         width = embeddings.shape[1]
-        self.heads = nn.ModuleDict({
-            task.name: nn.Sequential(
-                nn.Dropout(params.dropout),
-                nn.Linear(4 * width if task.is_pair else width, params.hidden_size),
-                nn.ReLU(),
-                nn.Dropout(params.dropout),
-                nn.Linear(params.hidden_size, task.num_outputs),
-            )
-            for task in tasks
-        })  # fmt: skip
+        self.heads = mlp_heads(tasks, width, params.hidden_size, params.dropout)
 
     @classmethod
     def build(
@@ -106,4 +98,4 @@ class StaticStudent(StudentModel):
         if not self.tasks[task].is_pair:
             return head(h1)
         h2 = self.encode(batch["b"], batch["b_lengths"])
-        return head(torch.cat([h1, h2, h1 * h2, (h1 - h2).abs()], dim=-1))
+        return head(pair_features(h1, h2))
