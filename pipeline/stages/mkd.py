@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from pipeline import paths
 from pipeline.data.io import atomic_dir
@@ -36,6 +36,7 @@ from pipeline.serving.teacher import resolve_checkpoint
 from pipeline.students.architectures import get_architecture, save_student
 from pipeline.students.base import StudentModel
 from pipeline.students.encoding import StudentEncoder
+from pipeline.students.transformer import stored_tensors
 from pipeline.training.accelerator import accelerated
 from pipeline.training.checkpoint import CheckpointPlan, Checkpoints, stage_checkpoint_dir
 from pipeline.training.device import seed_everything, use_threads
@@ -141,10 +142,7 @@ def average_teachers(teacher_dirs: Sequence[Path], out_dir: Path) -> Path:
         for name in tokenizer_files:
             if (teacher_dir / name).read_bytes() != (first / name).read_bytes():
                 raise ValueError(f"{teacher_dir / name} differs from {first / name}: teachers of other tokenizers")
-        files = sorted(teacher_dir.glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"{teacher_dir}: no *.safetensors weights")
-        stored = {name: tensor for path in files for name, tensor in load_file(path).items()}
+        stored = stored_tensors(teacher_dir)
         if not total:
             total = {name: tensor.double() for name, tensor in stored.items()}
             continue

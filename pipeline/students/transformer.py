@@ -229,18 +229,22 @@ def _current_name(name: str) -> str:
     return name
 
 
+def stored_tensors(teacher_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint folder's safetensors files, LayerNorm parameters under their current names
+    (``weight``/``bias``, whichever names the transformers release that saved them used)."""
+    files = sorted(Path(teacher_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{teacher_dir}: no *.safetensors weights")
+    return {_current_name(name): tensor for path in files for name, tensor in load_file(path).items()}
+
+
 def teacher_tensors(teacher_dir: Path, names: Iterable[str]) -> dict[str, torch.Tensor]:
     """The teacher's tensors for the student's ``BertModel`` parameter ``names``, from its safetensors files.
 
     Accepts a bare BERT checkpoint (``embeddings.…``) and a fine-tuned classifier (``bert.embeddings.…``), with
     LayerNorm parameters named ``weight``/``bias`` or, as transformers 5.3 saves them, ``gamma``/``beta``.
     """
-    files = sorted(teacher_dir.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{teacher_dir}: no *.safetensors weights")
-    stored: dict[str, torch.Tensor] = {}
-    for path in files:
-        stored.update({_current_name(name): tensor for name, tensor in load_file(path).items()})
+    stored = stored_tensors(teacher_dir)
     prefix = CLASSIFIER_PREFIX if any(key.startswith(CLASSIFIER_PREFIX) for key in stored) else ""
     wanted = list(names)
     missing = [name for name in wanted if prefix + name not in stored]
