@@ -290,6 +290,14 @@ def test_tsv_json_array_and_txt_readers(tmp_path):
     assert rows.labels == [3, 4.0] and rows.places == [f"{array}: item 1", f"{array}: item 2"]
     with pytest.raises(DataFormatError, match=r"b.json: item 1: missing key 'query'"):
         read_rows(array, ["query"], "label")
+    repeated = tmp_path / "r.json"  # a repeated key in an array's object names the item; skipped, the rest is read
+    repeated.write_text(
+        '[{"text": "one", "label": 3}, {"text": "two", "label": 4, "label": 5}, {"text": "x", "label": 6}]'
+    )
+    with pytest.raises(DataFormatError, match=r"r.json: item 2: key 'label' appears more than once in the object$"):
+        read_rows(repeated, ["text"], "label")
+    rows = read_rows(repeated, ["text"], "label", skip_bad_rows=True)
+    assert rows.texts == [["one", "x"]] and rows.labels == [3, 6] and len(rows.skipped) == 1
     broken = tmp_path / "c.jsonl"
     broken.write_text('{"text": "ok", "label": 1}\n{"text": "no end"\n')
     with pytest.raises(DataFormatError, match=r"c.jsonl:2: not valid JSON"):
@@ -349,11 +357,22 @@ def test_a_repeated_column_name_in_the_header_is_refused(tmp_path):
         ("train.jsonl", '{rows}{{"text": "no end"\n', r"train.jsonl:\d+: not valid JSON"),
         ("train.jsonl", "{rows}[1, 2]\n", r"train.jsonl:\d+: expected a JSON object"),
         ("train.jsonl", '{rows}{{"text": "no label"}}\n', r"train.jsonl:\d+: missing key 'intent'"),
+        # json keeps a repeated key's last value: which text or label was meant is unknown
+        (
+            "train.jsonl",
+            '{rows}{{"text": "a", "intent": "balance", "text": "b"}}\n',
+            r"train.jsonl:21: key 'text' appears more than once in the object$",
+        ),
+        (
+            "train.jsonl",
+            '{rows}{{"text": "a", "intent": "balance", "intent": "top_up"}}\n',
+            r"train.jsonl:21: key 'intent' appears more than once in the object$",
+        ),
     ],
 )
 def test_skip_bad_rows_covers_rows_the_readers_cannot_read(tmp_path, name, content, match):
-    """A row of the wrong width, a line that is not JSON or not an object, an object missing a key: each stops
-    prepare naming its line, or with skip_bad_rows is left out and counted."""
+    """A row of the wrong width, a line that is not JSON or not an object, an object missing a key or repeating one:
+    each stops prepare naming its line, or with skip_bad_rows is left out and counted."""
     good = intent_rows(20)
     if name.endswith(".jsonl"):
         rows = "".join(json.dumps({"text": text, "intent": intent}) + "\n" for text, intent in good)

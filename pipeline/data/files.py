@@ -3,8 +3,8 @@
 Every reader returns ``Rows``: the named text columns and, when asked, the label column, each row with the place a
 person finds it (``file:line`` for text formats, ``file: row N`` for Parquet). A problem of the file (missing file,
 missing or repeated column, undecodable byte) raises ``DataFormatError`` naming the file; a problem of one row (a row
-of the wrong width, a line that is not a JSON object, a missing key, an empty text or label) raises naming file, row
-and column, or with ``skip_bad_rows`` the row is left out and counted.
+of the wrong width, a line that is not a JSON object, a missing or repeated key, an empty text or label) raises naming
+file, row and column, or with ``skip_bad_rows`` the row is left out and counted.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def _json_records(path: Path, columns: list[str]) -> Iterator[tuple[str, Record]
     text = _decoded(path)
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
-            items = json.loads(text)
+            items = json.loads(text, object_pairs_hook=_JsonObject.of_pairs)
         except json.JSONDecodeError as exc:
             raise DataFormatError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
         numbered = ((f"{path}: item {i}", item) for i, item in enumerate(items, start=1))
@@ -185,11 +185,27 @@ def _json_records(path: Path, columns: list[str]) -> Iterator[tuple[str, Record]
         yield place, _json_record(item, place, columns)
 
 
+class _JsonObject(dict):
+    """A decoded JSON object that remembers its first repeated key (``json`` keeps a repeated key's last value)."""
+
+    repeated: str | None = None
+
+    @classmethod
+    def of_pairs(cls, pairs: list[tuple[str, Any]]) -> _JsonObject:
+        obj = cls(pairs)
+        if len(obj) < len(pairs):
+            keys = [key for key, _ in pairs]
+            obj.repeated = next(key for i, key in enumerate(keys) if key in keys[:i])
+        return obj
+
+
 def _json_record(item: Any, place: str, columns: list[str]) -> Record:
     if isinstance(item, DataFormatError):
         return item
     if not isinstance(item, dict):
         return DataFormatError(f"{place}: expected a JSON object with keys {columns}, found {type(item).__name__}")
+    if isinstance(item, _JsonObject) and item.repeated is not None:
+        return DataFormatError(f"{place}: key {item.repeated!r} appears more than once in the object")
     missing = [column for column in columns if column not in item]
     if missing:
         return DataFormatError(f"{place}: missing key {missing[0]!r}; the object has {sorted(item)}")
@@ -198,7 +214,7 @@ def _json_record(item: Any, place: str, columns: list[str]) -> Record:
 
 def _json_line(line: str, path: Path, number: int) -> Any:
     try:
-        return json.loads(line)
+        return json.loads(line, object_pairs_hook=_JsonObject.of_pairs)
     except json.JSONDecodeError as exc:
         return DataFormatError(f"{path}:{number}: not valid JSON ({exc.msg})")
 
