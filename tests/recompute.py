@@ -4,24 +4,31 @@ The texts and gold labels come straight from the GLUE TSV files (parsed here by 
 ``pipeline.data.glue``), the teachers run through plain ``transformers`` (AutoTokenizer +
 AutoModelForSequenceClassification), the students through ``load_student`` + ``predict``, the model2vec reference
 model through the ``model2vec`` library's own pipeline, the TF-IDF reference model refitted here with scikit-learn on
-the GLUE train file (the settings documented for ``tfidf``, not ``pipeline.serving.tfidf``), and the metrics through
-sklearn/scipy. A report whose
+the GLUE train file (the settings documented for ``tfidf``, not ``pipeline.serving.tfidf``), the exported students
+(``models/export/...``) from their folder's ``config.json`` and ``tokenizer.json`` with the ``tokenizers`` library and
+onnxruntime (not ``pipeline.serving.deploy``), and the metrics through sklearn/scipy. A task of your own reads its rows
+from its prepared Parquet splits (the TF-IDF model is refitted on its prepared train split). A report whose
 numbers match these to 1e-4 scored the right models on the right rows against their own labels: a label shifted by
 one row, another split, or another model's outputs would not match.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
+import pyarrow.parquet as pq
 import torch
 import yaml
 from scipy import sparse
 from scipy.stats import pearsonr, spearmanr
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+from tokenizers import Tokenizer
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 # task -> (GLUE folder, dev file stem, first text column, second text column, label column), as in GLUE's files
@@ -34,28 +41,27 @@ GLUE_COLUMNS = {
 # near-constant outputs magnify that in a correlation (2.7e-5 seen); one row of 16 moves a metric by far more.
 TOLERANCE = 1e-4
 MKD_ARCHITECTURES = ("biattentive", "transformer", "bilstm")
+GLUE_METRICS = {"sst2": ("accuracy",), "qqp": ("accuracy", "f1"), "stsb": ("pearson", "spearman")}
+REGRESSION_METRICS = ("pearson", "spearman")
 
 
-class Dev:
-    """One headed GLUE TSV file of a task: texts as written (surrounding spaces removed) and gold labels."""
+class Rows:
+    """Texts and gold labels (class indices, or scores) of one split of a task, and the names of the task's metrics."""
 
-    def __init__(self, task: str, path: Path) -> None:
-        _, _, column_a, column_b, column_label = GLUE_COLUMNS[task]
-        lines = [line for line in Path(path).read_text(encoding="utf-8").split("\n") if line]
-        header = lines[0].split("\t")
-        rows = [line.split("\t") for line in lines[1:]]
-        assert all(len(row) == len(header) for row in rows), path
-        self.task = task
-        self.text_a = [row[header.index(column_a)].strip() for row in rows]
-        self.text_b = None if column_b is None else [row[header.index(column_b)].strip() for row in rows]
-        raw = [row[header.index(column_label)].strip() for row in rows]
-        self.labels = np.array([float(v) for v in raw]) if task == "stsb" else np.array([int(v) for v in raw])
+    def __init__(self, task: str, text_a: list[str], text_b: list[str] | None, labels: np.ndarray,
+                 metrics: Sequence[str]) -> None:  # fmt: skip
+        self.task, self.text_a, self.text_b, self.labels, self.metrics = task, text_a, text_b, labels, tuple(metrics)
 
     @classmethod
-    def of_project(cls, project: Path, task: str, stem: str | None = None) -> Dev:
-        """The dev file (or the ``stem`` file, e.g. ``train``) of ``task`` in the GLUE folder params.yaml names."""
-        folder, dev_stem, *_ = GLUE_COLUMNS[task]
-        return cls(task, Path(project_params(project)["data"]["glue_dir"]) / folder / f"{stem or dev_stem}.tsv")
+    def prepared(cls, project: Path, task: str, split: str, metrics: Sequence[str]) -> Rows:
+        """A prepared split of a task of your own (``data/prepared/<task>/<split>.parquet``)."""
+        table = pq.read_table(project / "data" / "prepared" / task / f"{split}.parquet").to_pydict()
+        text_b = None if all(text is None for text in table["text_b"]) else table["text_b"]
+        return cls(task, table["text_a"], text_b, np.array(table["label"]), metrics)
+
+    @property
+    def is_regression(self) -> bool:
+        return set(self.metrics) <= set(REGRESSION_METRICS)
 
     def columns(self) -> list[list[str]]:
         return [self.text_a] if self.text_b is None else [self.text_a, self.text_b]
@@ -64,12 +70,34 @@ class Dev:
         return len(self.text_a)
 
 
+class Dev(Rows):
+    """One headed GLUE TSV file of a task: texts as written (surrounding spaces removed) and gold labels."""
+
+    def __init__(self, task: str, path: Path) -> None:
+        _, _, column_a, column_b, column_label = GLUE_COLUMNS[task]
+        lines = [line for line in Path(path).read_text(encoding="utf-8").split("\n") if line]
+        header = lines[0].split("\t")
+        rows = [line.split("\t") for line in lines[1:]]
+        assert all(len(row) == len(header) for row in rows), path
+        text_a = [row[header.index(column_a)].strip() for row in rows]
+        text_b = None if column_b is None else [row[header.index(column_b)].strip() for row in rows]
+        raw = [row[header.index(column_label)].strip() for row in rows]
+        labels = np.array([float(v) for v in raw]) if task == "stsb" else np.array([int(v) for v in raw])
+        super().__init__(task, text_a, text_b, labels, GLUE_METRICS[task])
+
+    @classmethod
+    def of_project(cls, project: Path, task: str, stem: str | None = None) -> Dev:
+        """The dev file (or the ``stem`` file, e.g. ``train``) of ``task`` in the GLUE folder params.yaml names."""
+        folder, dev_stem, *_ = GLUE_COLUMNS[task]
+        return cls(task, Path(project_params(project)["data"]["glue_dir"]) / folder / f"{stem or dev_stem}.tsv")
+
+
 def project_params(project: Path) -> dict:
     return yaml.safe_load((project / "params.yaml").read_text())
 
 
 @torch.inference_mode()
-def teacher_outputs(model_dir: Path, data: Dev, max_length: int) -> np.ndarray:
+def teacher_outputs(model_dir: Path, data: Rows, max_length: int) -> np.ndarray:
     """Logits of a saved Hugging Face teacher folder, one padded batch, fp32 on CPU."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
@@ -78,7 +106,7 @@ def teacher_outputs(model_dir: Path, data: Dev, max_length: int) -> np.ndarray:
     return model(**encoded).logits.float().numpy()
 
 
-def student_outputs(model_dir: Path, data: Dev) -> np.ndarray:
+def student_outputs(model_dir: Path, data: Rows) -> np.ndarray:
     """Logits of a saved student folder (any architecture) for ``data.task``'s head."""
     from pipeline.students.architectures import load_student
     from pipeline.students.inference import predict
@@ -87,25 +115,35 @@ def student_outputs(model_dir: Path, data: Dev) -> np.ndarray:
     return predict(model, encoder, data.task, data.text_a, data.text_b, batch_size=len(data))
 
 
-def model2vec_outputs(folder: Path, data: Dev) -> np.ndarray:
+def one_hot(classes: np.ndarray) -> np.ndarray:
+    """Rows with a 1 at each predicted class index (what ``task_metrics`` reads of a classifier's outputs)."""
+    classes = np.asarray(classes).astype(int)
+    return np.eye(int(classes.max()) + 1)[classes]
+
+
+def model2vec_outputs(folder: Path, data: Rows) -> np.ndarray:
     """The model2vec pipeline folder's predictions (the library's ``predict``; pairs joined as ``a [SEP] b``): one-hot
-    rows of the predicted classes, or the predicted scores (STS-B)."""
+    rows of the predicted classes, or the predicted scores (regression)."""
     from model2vec.inference import StaticModelPipeline
 
     pipeline = StaticModelPipeline.from_pretrained(folder)
     texts = data.text_a if data.text_b is None else [f"{a} [SEP] {b}" for a, b in zip(data.text_a, data.text_b)]
     predicted = pipeline.predict(texts, use_multiprocessing=False)
-    if data.task == "stsb":
+    if data.is_regression:
         return np.asarray(predicted, dtype=np.float64).reshape(len(texts), 1)
-    return np.eye(2)[predicted.astype(int)]
+    return one_hot(predicted)
 
 
-def tfidf_outputs(project: Path, data: Dev) -> np.ndarray:
+def tfidf_outputs(project: Path, data: Rows) -> np.ndarray:
     """The TF-IDF reference model as documented (per text column: word 1-2-gram and char_wb 2-5-gram TF-IDF,
-    sublinear tf, side by side; logistic regression, Ridge for STS-B), fitted on the project's GLUE train file:
-    one-hot rows of the predicted classes, or the predicted scores."""
+    sublinear tf, side by side; logistic regression, Ridge for regression), fitted on the project's GLUE train file
+    (a task of your own: its prepared train split): one-hot rows of the predicted classes, or the predicted scores."""
     params = project_params(project)
-    settings, train = params["tfidf"], Dev.of_project(project, data.task, "train")
+    if data.task in GLUE_COLUMNS:
+        train = Dev.of_project(project, data.task, "train")
+    else:
+        train = Rows.prepared(project, data.task, "train", data.metrics)
+    settings = params["tfidf"]
     fitted, scored = [], []
     for train_column, column in zip(train.columns(), data.columns(), strict=True):
         options = {"sublinear_tf": True, "max_features": settings["max_features"]}
@@ -114,22 +152,110 @@ def tfidf_outputs(project: Path, data: Dev) -> np.ndarray:
             fitted.append(vectorizer.fit_transform(train_column))
             scored.append(vectorizer.transform(column))
     features, rows = sparse.hstack(fitted, format="csr"), sparse.hstack(scored, format="csr")
-    if data.task == "stsb":
+    if data.is_regression:
         return Ridge(alpha=settings["alpha"]).fit(features, train.labels).predict(rows).reshape(len(data), 1)
     model = LogisticRegression(C=settings["C"], max_iter=2000, random_state=params["seed"])
-    return np.eye(2)[model.fit(features, train.labels).predict(rows)]
+    return one_hot(model.fit(features, train.labels).predict(rows))
 
 
-def task_metrics(task: str, outputs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """The GLUE metrics of ``task``: accuracy (SST-2), F1 and accuracy (QQP), Pearson and Spearman (STS-B)."""
-    if task == "stsb":
+def exported_outputs(folder: Path, variant: str, data: Rows, batch_size: int) -> np.ndarray:
+    """Logits of one variant of an exported student folder, run as its ``config.json`` describes it, with the
+    ``tokenizers`` library and onnxruntime alone: each text with the ``replace`` substitutions made, tokenized by
+    ``tokenizer.json`` without special tokens (no tokens: the unknown token ``unk_id``) and cut to ``max_length``; one
+    token list per text column (``inputs``), fed with its lengths (``<input>_lengths``, where the graph reads them).
+
+    Rows are batched as evaluate and export batch them, ``batch_size`` at a time in order of length, longest first,
+    right-padded with ``pad_ids``: int8 quantises activations per batch, padding included, so another batching may
+    move an int8 logit (fp32 only by float noise)."""
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    assert config["encoding"] == "separate", config["encoding"]  # the LSTM and static students' layout
+    tokenizer = Tokenizer.from_file(str(folder / config["tokenizer"]))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    session = ort.InferenceSession(str(folder / config["models"][variant]), providers=["CPUExecutionProvider"])
+    graph_inputs = {node.name for node in session.get_inputs()}
+
+    def ids(text: str) -> list[int]:
+        for old, new in config["replace"].items():
+            text = text.replace(old, new)
+        return (tokenizer.encode(text, add_special_tokens=False).ids or [config["unk_id"]])[: config["max_length"]]
+
+    columns = data.columns()
+    assert len(columns) == len(config["inputs"]), (config["inputs"], len(columns))
+    tokens = [[ids(text) for text in column] for column in columns]
+    longest = np.max([[len(row) for row in column] for column in tokens], axis=0)
+    order = sorted(range(len(data)), key=lambda row: -longest[row])  # stable: ties keep their order
+    out = np.zeros((len(data), 1 if config["labels"] is None else len(config["labels"])), dtype=np.float32)
+    for start in range(0, len(data), batch_size):
+        batch = order[start : start + batch_size]
+        feed = {}
+        for name, column in zip(config["inputs"], tokens, strict=True):
+            lengths = np.array([len(column[row]) for row in batch], dtype=np.int64)
+            padded = np.full((len(batch), lengths.max()), config["pad_ids"][name], dtype=np.int64)
+            for i, row in enumerate(batch):
+                padded[i, : lengths[i]] = column[row]
+            feed[name], feed[f"{name}_lengths"] = padded, lengths
+        out[batch] = session.run(["logits"], {key: value for key, value in feed.items() if key in graph_inputs})[0]
+    return out
+
+
+# The exported students and where export writes their check report: model-name prefix -> (folder, report), relative
+# to the project, under the task's name.
+EXPORTS = {
+    "student-": ("models/export/{task}", "metrics/export/{task}.json"),
+    "static-": ("models/export/static/{task}", "metrics/export/static/{task}.json"),
+}
+
+
+def exported_variants(project: Path, task: str) -> dict[str, tuple[Path, str]]:
+    """Model name (``student-onnx``, ``static-int8``, ...) -> (folder, variant) of every exported variant on disk."""
+    out = {}
+    for prefix, (folder, _) in EXPORTS.items():
+        path = project / folder.format(task=task)
+        for variant in json.loads((path / "config.json").read_text(encoding="utf-8"))["models"]:
+            out[prefix + variant] = (path, variant)
+    return out
+
+
+def export_reported(project: Path, task: str, split: str) -> dict[str, dict[str, float]]:
+    """Model name -> the metrics on ``split`` that the export stage wrote for each exported variant."""
+    out = {}
+    for prefix, (_, report) in EXPORTS.items():
+        variants = json.loads((project / report.format(task=task)).read_text(encoding="utf-8"))["variants"]
+        out |= {prefix + variant: entry["dev"][split] for variant, entry in variants.items()}
+    return out
+
+
+def recompute_exported(project: Path, data: Rows, batch_size: int) -> dict[str, dict[str, float]]:
+    """Model name -> metrics on ``data`` of every exported variant (``exported_outputs`` in ``batch_size`` batches);
+    the KD student's variants must also tell rows apart (see ``recompute``)."""
+    out = {}
+    for name, (folder, variant) in exported_variants(project, data.task).items():
+        outputs = exported_outputs(folder, variant, data, batch_size)
+        out[name] = task_metrics(data.task, outputs, data.labels, data.metrics)
+        if name.startswith("student-"):
+            assert_discerning(name, data, outputs, out[name])
+    return out
+
+
+def task_metrics(task: str, outputs: np.ndarray, labels: np.ndarray, names: Sequence[str] | None = None
+                 ) -> dict[str, float]:  # fmt: skip
+    """The metrics ``names`` (default: the GLUE metrics of ``task``: accuracy for SST-2, F1 and accuracy for QQP,
+    Pearson and Spearman for STS-B): accuracy, binary F1 of class 1, macro-F1 and MCC of the argmax of the outputs,
+    or Pearson and Spearman of the first output column."""
+    names = GLUE_METRICS[task] if names is None else names
+    if set(names) <= set(REGRESSION_METRICS):
         scores = outputs[:, 0].astype(np.float64)
-        return {"pearson": float(pearsonr(scores, labels)[0]), "spearman": float(spearmanr(scores, labels)[0])}
+        correlations = {"pearson": pearsonr(scores, labels)[0], "spearman": spearmanr(scores, labels)[0]}
+        return {name: float(correlations[name]) for name in names}
     predicted = outputs.argmax(axis=1)
-    metrics = {"accuracy": float(accuracy_score(labels, predicted))}
-    if task == "qqp":
-        metrics["f1"] = float(f1_score(labels, predicted))
-    return metrics
+    scorers = {
+        "accuracy": lambda: accuracy_score(labels, predicted),
+        "f1": lambda: f1_score(labels, predicted, zero_division=0.0),
+        "macro_f1": lambda: f1_score(labels, predicted, average="macro", zero_division=0.0),
+        "mcc": lambda: matthews_corrcoef(labels, predicted),
+    }
+    return {name: float(scorers[name]()) for name in names}
 
 
 def model_dirs(project: Path, task: str, multi_task: bool = False) -> dict[str, tuple[str, Path]]:
@@ -158,12 +284,19 @@ def model_dirs(project: Path, task: str, multi_task: bool = False) -> dict[str, 
 DISCERNING = ("teacher", "student", "baseline")
 
 
-def recompute(project: Path, data: Dev, multi_task: bool = False) -> dict[str, dict[str, float]]:
+def assert_discerning(name: str, data: Rows, outputs: np.ndarray, metrics: dict[str, float]) -> None:
+    """The metrics change when the labels are shifted by one row: comparing a report with them would catch labels
+    misaligned with the rows."""
+    assert task_metrics(data.task, outputs, np.roll(data.labels, 1), data.metrics) != metrics, (
+        f"{name} scores {metrics} on {data.task} whether or not the labels are shifted by a row: "
+        "it cannot check a report's alignment (trained to predict one class?)"
+    )
+
+
+def recompute(project: Path, data: Rows, multi_task: bool = False) -> dict[str, dict[str, float]]:
     """Model name -> metrics on ``data``, recomputed from the saved models of ``project``. For the ``DISCERNING``
-    models, also check that the metrics change when the labels are shifted by one row, i.e. that comparing a report
-    with these numbers would catch labels misaligned with the rows."""
+    models, also check that the metrics change when the labels are shifted by one row (``assert_discerning``)."""
     max_length = project_params(project)["teacher"]["max_length"]
-    shifted = np.roll(data.labels, 1)
     out = {}
     for name, (kind, folder) in model_dirs(project, data.task, multi_task).items():
         if kind == "teacher":
@@ -175,12 +308,9 @@ def recompute(project: Path, data: Dev, multi_task: bool = False) -> dict[str, d
         else:
             outputs = student_outputs(folder, data)
         assert outputs.shape[0] == len(data), (name, outputs.shape)
-        out[name] = task_metrics(data.task, outputs, data.labels)
+        out[name] = task_metrics(data.task, outputs, data.labels, data.metrics)
         if name in DISCERNING:
-            assert task_metrics(data.task, outputs, shifted) != out[name], (
-                f"{name} scores {out[name]} on {data.task} whether or not the labels are shifted by a row: "
-                "it cannot check a report's alignment (trained to predict one class?)"
-            )
+            assert_discerning(name, data, outputs, out[name])
     return out
 
 
