@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -164,9 +165,9 @@ def exported_outputs(folder: Path, variant: str, data: Rows, batch_size: int) ->
     ``tokenizer.json`` without special tokens (no tokens: the unknown token ``unk_id``) and cut to ``max_length``; one
     token list per text column (``inputs``), fed with its lengths (``<input>_lengths``, where the graph reads them).
 
-    Rows are batched as evaluate and export batch them, ``batch_size`` at a time in order of length, longest first,
-    right-padded with ``pad_ids``: int8 quantises activations per batch, padding included, so another batching may
-    move an int8 logit (fp32 only by float noise)."""
+    Rows are batched as onnxruntime runs them in evaluate and export, ``batch_size`` at a time in order of length,
+    longest first, right-padded with ``pad_ids``: an int8 graph quantises its activations per batch (one range for
+    the whole tensor, padding included), so another batching may move an int8 logit (fp32 only by float noise)."""
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     assert config["encoding"] == "separate", config["encoding"]  # the LSTM and static students' layout
     tokenizer = Tokenizer.from_file(str(folder / config["tokenizer"]))
@@ -199,43 +200,88 @@ def exported_outputs(folder: Path, variant: str, data: Rows, batch_size: int) ->
     return out
 
 
-# The exported students and where export writes their check report: model-name prefix -> (folder, report), relative
-# to the project, under the task's name.
+# The exported students: model-name prefix -> (folder, the export stage's check report, the PyTorch model exported),
+# relative to the project, under the task's name.
 EXPORTS = {
-    "student-": ("models/export/{task}", "metrics/export/{task}.json"),
-    "static-": ("models/export/static/{task}", "metrics/export/static/{task}.json"),
+    "student-": ("models/export/{task}", "metrics/export/{task}.json", "models/student/{task}"),
+    "static-": ("models/export/static/{task}", "metrics/export/static/{task}.json", "models/static/{task}"),
 }
+# A static student's folder may run row by row: pipeline.serving.deploy's numpy runtime for it quantises each row's
+# activations alone, as onnxruntime does a batch of one row (its onnxruntime path: padded batches as the others).
+ROW_BY_ROW = ("static-",)
+LOGIT_TOLERANCE = 1e-5  # float noise between two fp32 runs of the same batches (seen: 2.4e-7)
 
 
 def exported_variants(project: Path, task: str) -> dict[str, tuple[Path, str]]:
     """Model name (``student-onnx``, ``static-int8``, ...) -> (folder, variant) of every exported variant on disk."""
     out = {}
-    for prefix, (folder, _) in EXPORTS.items():
+    for prefix, (folder, _, _) in EXPORTS.items():
         path = project / folder.format(task=task)
         for variant in json.loads((path / "config.json").read_text(encoding="utf-8"))["models"]:
             out[prefix + variant] = (path, variant)
     return out
 
 
-def export_reported(project: Path, task: str, split: str) -> dict[str, dict[str, float]]:
-    """Model name -> the metrics on ``split`` that the export stage wrote for each exported variant."""
-    out = {}
-    for prefix, (_, report) in EXPORTS.items():
-        variants = json.loads((project / report.format(task=task)).read_text(encoding="utf-8"))["variants"]
-        out |= {prefix + variant: entry["dev"][split] for variant, entry in variants.items()}
-    return out
-
-
-def recompute_exported(project: Path, data: Rows, batch_size: int) -> dict[str, dict[str, float]]:
-    """Model name -> metrics on ``data`` of every exported variant (``exported_outputs`` in ``batch_size`` batches);
-    the KD student's variants must also tell rows apart (see ``recompute``)."""
+def exported_runs(project: Path, data: Rows, batch_size: int) -> dict[str, list[np.ndarray]]:
+    """Model name -> the outputs on ``data`` of every exported variant, each way the pipeline may run it: in padded
+    batches of ``batch_size``, and for a static student's folder also row by row (``ROW_BY_ROW``). An int8 logit can
+    differ between the two (per-batch activation ranges), so a reported number is compared with the same batching,
+    not with a tolerance wide enough to hide a row."""
     out = {}
     for name, (folder, variant) in exported_variants(project, data.task).items():
-        outputs = exported_outputs(folder, variant, data, batch_size)
-        out[name] = task_metrics(data.task, outputs, data.labels, data.metrics)
-        if name.startswith("student-"):
-            assert_discerning(name, data, outputs, out[name])
+        batchings = [batch_size, 1] if name.startswith(ROW_BY_ROW) and batch_size > 1 else [batch_size]
+        out[name] = [exported_outputs(folder, variant, data, size) for size in batchings]
     return out
+
+
+def recompute_exported(project: Path, data: Rows, batch_size: int) -> dict[str, list[dict[str, float]]]:
+    """Model name -> the metrics on ``data`` of each run of ``exported_runs``; the KD student's variants must also
+    tell rows apart (see ``recompute``)."""
+    out = {}
+    for name, runs in exported_runs(project, data, batch_size).items():
+        out[name] = [task_metrics(data.task, outputs, data.labels, data.metrics) for outputs in runs]
+        if name.startswith("student-"):
+            assert_discerning(name, data, runs[0], out[name][0])
+    return out
+
+
+def recompute_logit_diffs(project: Path, data: Rows, batch_size: int) -> dict[str, list[float]]:
+    """Model name -> the largest absolute difference on ``data`` between each run of ``exported_runs`` and the logits
+    of the PyTorch model it was exported from (``student_outputs``): what export reports as ``max_abs_logit_diff``,
+    which on tiny data tells an int8 variant's outputs apart where its metrics cannot."""
+    out = {}
+    for name, runs in exported_runs(project, data, batch_size).items():
+        prefix = next(prefix for prefix in EXPORTS if name.startswith(prefix))
+        reference = student_outputs(project / EXPORTS[prefix][2].format(task=data.task), data)
+        out[name] = [float(np.abs(outputs - reference).max()) for outputs in runs]
+    return out
+
+
+def export_reported(project: Path, task: str, split: str, key: str = "dev") -> dict[str, Any]:
+    """Model name -> what the export stage wrote for each exported variant: ``key`` ``dev``: its metrics on ``split``;
+    else that entry (``max_abs_logit_diff``, over the dev splits)."""
+    out = {}
+    for prefix, (_, report, _) in EXPORTS.items():
+        variants = json.loads((project / report.format(task=task)).read_text(encoding="utf-8"))["variants"]
+        out |= {
+            prefix + variant: entry["dev"][split] if key == "dev" else entry[key] for variant, entry in variants.items()
+        }
+    return out
+
+
+def assert_one_of(reported: dict[str, Any], expected: dict[str, list[Any]], what: str, tolerance: float = TOLERANCE):
+    """Every model of ``expected`` reported with one of its candidate values (metrics, each within ``tolerance``; or
+    a number within it)."""
+
+    def same(value: Any, candidate: Any) -> bool:
+        if isinstance(candidate, dict):
+            return set(value) == set(candidate) and all(abs(value[k] - candidate[k]) <= tolerance for k in candidate)
+        return abs(value - candidate) <= tolerance
+
+    for model, candidates in expected.items():
+        assert any(same(reported[model], candidate) for candidate in candidates), (
+            f"{what}: {model} reported {reported[model]!r}, recomputed independently {candidates!r}"
+        )
 
 
 def task_metrics(task: str, outputs: np.ndarray, labels: np.ndarray, names: Sequence[str] | None = None

@@ -15,6 +15,17 @@ import yaml
 
 from pipeline import paths
 from tests.conftest import FILLER, LEARNING, NEGATIVE, POSITIVE, copy_project, init_project, tiny_params
+from tests.recompute import (
+    LOGIT_TOLERANCE,
+    Rows,
+    assert_one_of,
+    assert_same_metrics,
+    export_reported,
+    project_params,
+    recompute,
+    recompute_exported,
+    recompute_logit_diffs,
+)
 from tests.test_pipeline_e2e import dvc, stages_run
 
 pytestmark = pytest.mark.e2e
@@ -87,7 +98,8 @@ def test_repro_runs_every_stage_for_tasks_of_your_own(project):
 
     reviews = json.loads((project / "data" / "prepared" / "reviews" / "task.json").read_text())
     assert reviews["task"]["labels"] == list(MOODS) and reviews["task"]["metrics"] == ["accuracy", "macro_f1"]
-    assert reviews["rows"]["dev"] == 12 and reviews["rows"]["unlabelled"] == 30
+    assert reviews["rows"]["dev"] == 12
+    assert pq.read_metadata(paths.unlabelled_text("reviews", project / paths.PREPARED_DIR)).num_rows == 30
     transfer = pq.read_table(paths.transfer_set("reviews", project / paths.AUGMENTED_DIR))
     assert sum(transfer.column("is_unlabelled").to_pylist()) == 30  # joined, not augmented (default)
     shards = pq.read_table(project / "data" / "logits" / "single" / "reviews", columns=["is_unlabelled", "logits"])
@@ -95,13 +107,39 @@ def test_repro_runs_every_stage_for_tasks_of_your_own(project):
     ratings = json.loads((project / "data" / "prepared" / "ratings" / "task.json").read_text())
     assert ratings["problem"] == "regression" and ratings["task"]["metrics"] == ["pearson", "spearman"]
 
-    expected = {"reviews": {"accuracy", "macro_f1"}, "pairs": {"accuracy", "f1"}, "ratings": {"pearson", "spearman"}}
+    expected = {"reviews": ("accuracy", "macro_f1"), "pairs": ("accuracy", "f1"), "ratings": ("pearson", "spearman")}
+    # the pairs test split is the user's file, row for row, labels in class-index order (sorted: no, yes)
+    pairs = json.loads((project / "data" / "prepared" / "pairs" / "task.json").read_text())["task"]
+    assert pairs["labels"] == ["no", "yes"]
+    test_file = [json.loads(line) for line in (project.parent / "files" / "pairs_test.jsonl").read_text().splitlines()]
+    test = Rows.prepared(project, "pairs", "test", expected["pairs"])
+    assert test.text_a == [item["a"] for item in test_file] and test.text_b == [item["b"] for item in test_file]
+    assert test.labels.tolist() == [["no", "yes"].index(item["same"]) for item in test_file]
+    params = project_params(project)
     for task in TASKS:
         report = json.loads((project / "metrics" / "report" / f"{task}.json").read_text())
         assert list(report["quality"]) == (["dev", "test"] if task == "pairs" else ["dev"])
-        for split in report["quality"].values():
-            for model in ("teacher", "student", "baseline", "student-onnx"):
-                assert set(split[model]) == expected[task]
+        # The numbers themselves, on every split (the pairs test file too): the teacher, the PyTorch students,
+        # TF-IDF (refitted on the prepared train split) and model2vec rescored outside the pipeline's evaluation
+        # code, the exported variants run from their folders by tokenizers and onnxruntime alone, batched as
+        # evaluate batches them (teacher.eval_batch_size) and, for the export stage's own report on dev, as export
+        # does (export.check_batch_size); metrics by sklearn/scipy.
+        for split, quality in report["quality"].items():
+            rows = Rows.prepared(project, task, split, expected[task])
+            what = f"metrics/report/{task}.json {split}"
+            assert_same_metrics(quality, recompute(project, rows), what)
+            variants = recompute_exported(project, rows, params["teacher"]["eval_batch_size"])
+            assert {"student-onnx", "student-int8", "static-onnx", "static-int8"} <= set(variants)
+            assert_one_of(quality, variants, f"{what}, exported variants")
+            if split == "dev":  # export checks the variants on dev: their metrics and largest logit difference
+                size, exports = params["export"]["check_batch_size"], f"metrics/export/**/{task}.json"
+                assert_one_of(export_reported(project, task, split), recompute_exported(project, rows, size), exports)
+                assert_one_of(
+                    export_reported(project, task, split, "max_abs_logit_diff"),
+                    recompute_logit_diffs(project, rows, size),
+                    f"{exports} max_abs_logit_diff",
+                    LOGIT_TOLERANCE,
+                )
         headline = json.loads((project / "metrics" / f"{task}.json").read_text())
         assert set(headline) >= {"teacher", "student", "baseline", "tfidf", "model2vec", "kd_gain"}
         assert ("classes" in report) == (task != "ratings")  # per-class scores for a classification task only
