@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 PREPARED_DIR = Path("data/prepared")
+UNLABELLED_DIR = Path("data/unlabelled")  # beside PREPARED_DIR (unlabelled_text)
 AUGMENTED_DIR = Path("data/augmented")
 LOGITS_DIR = Path("data/logits")
 TEACHER_DIR = Path("models/teacher")
@@ -27,6 +28,12 @@ TeacherKind = Literal["single", "multitask"]  # single-task teachers (one per ta
 def prepared_split(task: str, split: str, root: Path = PREPARED_DIR) -> Path:
     """Normalised Parquet of one GLUE split."""
     return root / task / f"{split}.parquet"
+
+
+def unlabelled_text(task: str, prepared_root: Path = PREPARED_DIR) -> Path:
+    """A task's unlabelled text as prepare wrote it, beside its prepared folder (``data/unlabelled/<task>.parquet``):
+    only augment and export read it, so a change of it does not rerun what reads the labelled splits."""
+    return prepared_root.parent / UNLABELLED_DIR.name / f"{task}.parquet"
 
 
 def transfer_set(task: str, root: Path = AUGMENTED_DIR) -> Path:
@@ -175,7 +182,7 @@ STAGE_INPUTS: dict[str, tuple[Path | str, ...]] = {
     # the labelled originals, the unlabelled text joined to them, and the task (the CLI resolves it from task.json)
     "augment": (
         prepared_split(ITEM, "train"),
-        prepared_split(ITEM, "unlabelled"),
+        unlabelled_text(ITEM),
         prepared_task(ITEM),
     ),
     "score": (transfer_set(ITEM), teacher_dir(ITEM), prepared_task(ITEM)),
@@ -185,8 +192,9 @@ STAGE_INPUTS: dict[str, tuple[Path | str, ...]] = {
     # the fine-tuned teacher, which model2vec distils (static.distill_from: teacher; checkpoint: a params dep)
     "static": (shard_dir(ITEM), prepared_dir(ITEM), teacher_dir(ITEM)),
     "reference": (prepared_dir(ITEM),),
-    "export": (prepared_dir(ITEM), transfer_set(ITEM), student_dir(ITEM)),
-    "export_static": (prepared_dir(ITEM), transfer_set(ITEM), static_dir(ITEM)),
+    # dev for the checks; the vocabulary of train, test, unlabelled text and the transfer set
+    "export": (prepared_dir(ITEM), unlabelled_text(ITEM), transfer_set(ITEM), student_dir(ITEM)),
+    "export_static": (prepared_dir(ITEM), unlabelled_text(ITEM), transfer_set(ITEM), static_dir(ITEM)),
     "evaluate": (
         prepared_dir(ITEM),
         teacher_dir(ITEM),
@@ -200,7 +208,7 @@ STAGE_INPUTS: dict[str, tuple[Path | str, ...]] = {
     # models/teacher: the single-task teachers, averaged where an init_from is teachers. models/mt_teacher (init_from:
     # mt_teacher) is read through STAGE_INPUTS_VIA: DVC cannot list a dep only when a param has some value.
     "mkd": (LOGITS_DIR / "${mkd.teacher}", PREPARED_DIR, TEACHER_DIR),
-    "export_mkd": (PREPARED_DIR, AUGMENTED_DIR, mkd_dir(ITEM)),
+    "export_mkd": (PREPARED_DIR, UNLABELLED_DIR, AUGMENTED_DIR, mkd_dir(ITEM)),
     "compare": (PREPARED_DIR, TEACHER_DIR, STUDENT_DIR, BASELINE_DIR, MKD_DIR, EXPORT_DIR, MODEL2VEC_DIR, STATIC_DIR),
 }
 

@@ -1,6 +1,6 @@
 """End-to-end: DVC sees every input a stage reads. One task of your own in a tmp DVC project with no GLUE folder:
-prepare needs none, a changed unlabelled file reruns augment (not only prepare), a killed atomic write leaves nothing
-DVC hashes, and what `dvc repro` builds for one task is what docs/own-data.md says."""
+prepare needs none, a changed unlabelled file reruns augment (not only prepare) and then score, never the teacher; a
+killed atomic write leaves nothing DVC hashes; what `dvc repro` builds for one task is what docs/own-data.md says."""
 
 from __future__ import annotations
 
@@ -56,10 +56,11 @@ def unlabelled_texts(project) -> list[str]:
 
 
 def test_a_changed_unlabelled_file_reruns_augment_without_a_glue_folder(project):
-    result = dvc("repro", f"augment@{TASK}", cwd=project)  # no GLUE folder named or present: prepare runs
-    assert stages_run(result) == {f"prepare@{TASK}", f"augment@{TASK}"}
+    result = dvc("repro", f"score@{TASK}", cwd=project)  # no GLUE folder named or present: prepare runs
+    assert stages_run(result) == {f"{stage}@{TASK}" for stage in ("prepare", "teacher", "augment", "score")}
     assert unlabelled_texts(project) == [f"an unlabelled note {i}" for i in range(5)]
-    assert not {f"prepare@{TASK}", f"augment@{TASK}"} & stale_stages(dvc("status", cwd=project).stdout)
+    done = {f"{stage}@{TASK}" for stage in ("prepare", "teacher", "augment", "score")}
+    assert not done & stale_stages(dvc("status", cwd=project).stdout)
 
     raw = project.parent / "files" / "raw.txt"
     raw.write_text(raw.read_text() + "a brand new note\n", encoding="utf-8")
@@ -69,11 +70,17 @@ def test_a_changed_unlabelled_file_reruns_augment_without_a_glue_folder(project)
     assert paths.prepared_split(TASK, "train", project / paths.PREPARED_DIR).read_bytes() == train  # train as it was
     status = dvc("status", cwd=project).stdout
     assert f"augment@{TASK}" in stale_stages(status)  # its unlabelled split changed: DVC must not skip it
-    assert "unlabelled.parquet" in status
+    assert "data/unlabelled/notes.parquet" in status
 
     result = dvc("repro", f"augment@{TASK}", cwd=project)
     assert stages_run(result) == {f"augment@{TASK}"}
     assert unlabelled_texts(project)[-1] == "a brand new note"  # the student's transfer set has the new text
+    # `dvc status` compares each stage with its own inputs: the next stage is listed once augment's output changed
+    status = dvc("status", cwd=project).stdout
+    assert f"score@{TASK}" in stale_stages(status) and f"teacher@{TASK}" not in stale_stages(status)
+    result = dvc("repro", f"score@{TASK}", cwd=project)
+    assert stages_run(result) == {f"score@{TASK}"}
+    assert not done & stale_stages(dvc("status", cwd=project).stdout)
 
 
 def test_a_killed_atomic_write_leaves_nothing_dvc_hashes(project):
@@ -123,7 +130,8 @@ def test_what_repro_builds_for_one_task(project):
     """docs/own-data.md: `dvc repro` builds every stage, the MKD ones included (each architecture distilled on the
     one task); `dvc repro evaluate` builds prepare ... evaluate only."""
     everything = stale_stages(dvc("status", cwd=project).stdout)  # every stage not built yet
-    single = {f"{stage}@{TASK}" for stage in SINGLE_TASK} - {f"prepare@{TASK}", f"augment@{TASK}"}  # those: built
+    built = {f"{stage}@{TASK}" for stage in ("prepare", "teacher", "augment", "score")}  # by the tests above
+    single = {f"{stage}@{TASK}" for stage in SINGLE_TASK} - built
     mkd = {f"{stage}@{arch}" for stage in ("mkd", "export_mkd") for arch in ("biattentive", "transformer", "bilstm")}
     assert single | mkd | {"compare"} <= everything
     until_evaluate = stale_stages(dvc("status", "--with-deps", "evaluate", cwd=project).stdout)

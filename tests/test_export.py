@@ -18,6 +18,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from pipeline import paths
 from pipeline.data.metrics import compute_metrics
 from pipeline.data.tasks import get_task
 from pipeline.errors import ExportError
@@ -406,7 +407,7 @@ def test_the_kept_vocabulary_comes_from_every_text_of_the_task_but_dev(tmp_path)
     prepared, augmented = tmp_path / "prepared", tmp_path / "augmented"
     write(prepared / "sst2" / "train.parquet", ["train one"])
     write(prepared / "sst2" / "dev.parquet", ["dev only"])
-    write(prepared / "sst2" / "unlabelled.parquet", ["unlabelled text"])
+    write(paths.unlabelled_text("sst2", prepared), ["unlabelled text"])
     write(augmented / "sst2.parquet", ["train one", "train [MASK]"])
     tables = training_tables(get_task("sst2"), prepared, augmented)
     assert sorted(table_texts(get_task("sst2"), tables)) == [

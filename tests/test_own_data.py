@@ -17,7 +17,7 @@ from pipeline.data.tasks import CLASSIFICATION_METRICS, REGRESSION_METRICS, reso
 from pipeline.errors import DataFormatError, ParamsError, UnknownTaskError
 from pipeline.params import Params, load_params
 from pipeline.stages.augment import build_transfer_set
-from pipeline.stages.prepare import run_prepare
+from pipeline.stages.prepare import run_prepare, unlabelled_record
 from tests.conftest import make_sentence
 
 INTENTS = ["card_lost", "balance", "transfer_failed", "top_up"]
@@ -48,6 +48,8 @@ def own_params(files: Path, skip_bad_rows: bool = False, **definition: object) -
 
 
 def read(prepared: Path, split: str) -> pa.Table:
+    if split == "unlabelled":
+        return pq.read_table(paths.unlabelled_text("intents", prepared))
     return pq.read_table(paths.prepared_split("intents", split, prepared))
 
 
@@ -150,8 +152,8 @@ def test_few_labels_keep_n_per_class_and_the_rest_becomes_unlabelled_text(tmp_pa
     assert counts["unlabelled"] == unlabelled.num_rows == 160 - 20 + 1
     assert "a new query" in texts(unlabelled)
     assert not set(texts(unlabelled)) & (set(texts(train)) | set(texts(read(tmp_path / "few", "dev"))))
-    record = json.loads((tmp_path / "few" / "intents" / "task.json").read_text())
-    assert record["unlabelled_duplicates_dropped"] == 2
+    assert unlabelled_record(paths.unlabelled_text("intents", tmp_path / "few"))["duplicates_dropped"] == 2
+    assert "unlabelled" not in json.loads((tmp_path / "few" / "intents" / "task.json").read_text())["rows"]
 
 
 def test_unlabelled_rows_join_the_transfer_set_flagged_and_unaugmented_by_default(tmp_path):
@@ -397,7 +399,9 @@ def test_skipped_rows_of_every_file_are_counted(tmp_path):
     params = own_params(files, skip_bad_rows=True, dev="dev.csv", unlabelled=["raw.jsonl"])
     counts = run_prepare("intents", params, tmp_path / "prepared")
     assert counts["unlabelled"] == 1
-    assert json.loads((tmp_path / "prepared" / "intents" / "task.json").read_text())["skipped_rows"] == 4
+    assert json.loads((tmp_path / "prepared" / "intents" / "task.json").read_text())["skipped_rows"] == 2
+    record = unlabelled_record(paths.unlabelled_text("intents", tmp_path / "prepared"))
+    assert record == {"rows": 1, "duplicates_dropped": 0, "skipped_rows": 2}
 
 
 def test_the_documented_bad_definition_message_is_the_one_users_get(tmp_path):

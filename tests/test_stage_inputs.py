@@ -45,7 +45,7 @@ def test_augment_reads_only_what_it_declares(tmp_path, monkeypatch):
     run_stage(full, monkeypatch, "prepare", "--task", TASK)
 
     inputs = declared_inputs("augment", TASK)
-    assert paths.prepared_split(TASK, "unlabelled") in inputs
+    assert paths.unlabelled_text(TASK) in inputs
     for path in inputs:  # the sandbox has the declared inputs only
         (sandbox / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(full / path, sandbox / path)

@@ -255,7 +255,7 @@ def run_augment(task: Task, params: Params, prepared_dir: Path, out_path: Path) 
     """Stage entry point: read the prepared train split (and unlabelled text), build the transfer set, write it
     atomically."""
     prepared = pq.read_table(paths.prepared_split(task.name, "train", prepared_dir))
-    unlabelled_path = paths.prepared_split(task.name, "unlabelled", prepared_dir)
+    unlabelled_path = paths.unlabelled_text(task.name, prepared_dir)
     unlabelled = pq.read_table(unlabelled_path) if unlabelled_path.is_file() else None
     table = build_transfer_set(prepared, task, params.augment, params.seed, unlabelled=unlabelled)
     write_parquet(table, out_path)

@@ -26,9 +26,9 @@ def training_tables(task: Task, prepared_dir: Path = paths.PREPARED_DIR, augment
                     ) -> list[pa.Table]:  # fmt: skip
     """The texts the student can meet besides dev: its prepared splits (train, test, unlabelled) and its transfer
     set, those of them that exist."""
-    files = [paths.prepared_split(task.name, split, prepared_dir) for split in (*task.splits, "unlabelled")
-             if split not in task.dev_splits]  # fmt: skip
-    files.append(paths.transfer_set(task.name, augmented_dir))
+    splits = [split for split in task.splits if split not in task.dev_splits]
+    files = [paths.prepared_split(task.name, split, prepared_dir) for split in splits]
+    files += [paths.unlabelled_text(task.name, prepared_dir), paths.transfer_set(task.name, augmented_dir)]
     return [pq.read_table(path, columns=["text_a", "text_b"]) for path in files if path.is_file()]
 
 

@@ -2,8 +2,9 @@
 
 A GLUE task reads its TSV files under ``data.glue_dir``; a task of your own (params ``task_defs``) reads its CSV,
 TSV, JSONL or Parquet files under ``data.files_dir``. Either way the output is ``data/prepared/<task>/``:
-``train``, the dev and test splits, ``unlabelled`` (in-domain text without labels; empty for GLUE) and
-``task.json`` (the task with its labels in class-index order, and how each split was made). Everything is read and
+``train``, the dev and test splits and ``task.json`` (the task with its labels in class-index order, and how each
+split was made); beside it ``data/unlabelled/<task>.parquet``, in-domain text without labels (empty for GLUE), which
+only augment and export read (a change of it reruns neither the teacher nor the baseline). Everything is read and
 checked before anything is written, and the folder is swapped in whole.
 
 No dev or test text reaches training: a task of your own loses the train rows that repeat a dev or test row (text,
@@ -14,6 +15,7 @@ only logged.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -35,13 +37,15 @@ from pipeline.data.files import (
     texts_of,
 )
 from pipeline.data.glue import read_glue_tsv
-from pipeline.data.io import atomic_dir, write_json
+from pipeline.data.io import atomic_dir, write_json, write_parquet
 from pipeline.data.schema import unlabelled_schema
 from pipeline.data.tasks import TASK_FILE, Task, get_task
 from pipeline.errors import DataFormatError
 from pipeline.params import GLUE_DIR_ENV, Params, TaskDefinition
 
 log = logging.getLogger(__name__)
+
+UNLABELLED_METADATA = "distillery.unlabelled"  # Parquet schema metadata key of the unlabelled text's counts
 
 
 def subsample(table: pa.Table, max_rows: int | None, seed: int) -> pa.Table:
@@ -60,22 +64,34 @@ def run_prepare(name: str, params: Params, out_root: Path = paths.PREPARED_DIR) 
         tables = _glue_tables(task, params)
         unlabelled = pa.table({"id": [], "text_a": [], "text_b": []}, schema=unlabelled_schema())
         record: dict[str, Any] = {"dev": "GLUE dev file(s)"}
+        unlabelled_record: dict[str, int] = {}
         held_out = _texts({split: table for split, table in tables.items() if split != "train"})
         repeats = sum(pair in held_out for pair in _pairs(tables["train"]))
         if repeats:
             log.warning("%s: %d train rows repeat a dev or test row (GLUE's published splits, kept)", name, repeats)
     else:
-        task, tables, unlabelled, record = prepare_own_task(name, definition, params)
+        task, tables, unlabelled, record, unlabelled_record = prepare_own_task(name, definition, params)
     target = out_root / task.name
     with atomic_dir(target) as folder:
-        for split, table in {**tables, "unlabelled": unlabelled}.items():
+        for split, table in tables.items():
             pq.write_table(table, folder / f"{split}.parquet")
             log.info("%s/%s: %d rows", task.name, split, table.num_rows)
-        counts = {split: table.num_rows for split, table in {**tables, "unlabelled": unlabelled}.items()}
+        counts = {split: table.num_rows for split, table in tables.items()}
         if not task.is_regression:
             record["label_counts"] = {split: label_counts(task, table) for split, table in tables.items()}
         write_json({"task": task.to_dict(), "rows": counts, **record}, folder / TASK_FILE)
-    return counts
+        # its counts go with it, not into task.json, which every stage reads: new unlabelled text retrains no teacher
+        unlabelled_path = paths.unlabelled_text(task.name, out_root)
+        unlabelled_record = {"rows": unlabelled.num_rows, **unlabelled_record}
+        write_parquet(unlabelled.replace_schema_metadata({UNLABELLED_METADATA: json.dumps(unlabelled_record)}),
+                      unlabelled_path)  # fmt: skip
+        log.info("%s/unlabelled: %s -> %s", task.name, unlabelled_record, unlabelled_path)
+    return {**counts, "unlabelled": unlabelled.num_rows}
+
+
+def unlabelled_record(path: Path) -> dict[str, int]:
+    """What prepare counted of a task's unlabelled text: rows, duplicates dropped, rows skipped (skip_bad_rows)."""
+    return json.loads(pq.read_schema(path).metadata[UNLABELLED_METADATA.encode()])
 
 
 def _glue_tables(task: Task, params: Params) -> dict[str, pa.Table]:
@@ -98,9 +114,10 @@ def _glue_tables(task: Task, params: Params) -> dict[str, pa.Table]:
 
 def prepare_own_task(
     name: str, definition: TaskDefinition, params: Params
-) -> tuple[Task, dict[str, pa.Table], pa.Table, dict[str, Any]]:
+) -> tuple[Task, dict[str, pa.Table], pa.Table, dict[str, Any], dict[str, int]]:
     """Read a declared task's files: resolve problem and labels from train, take a dev split out of train when
-    there is no dev file, keep ``labelled_per_class`` labelled rows, and collect the unlabelled text."""
+    there is no dev file, keep ``labelled_per_class`` labelled rows, and collect the unlabelled text. Returns the
+    task, its labelled splits, the unlabelled text, task.json's record and the unlabelled text's."""
     root = params.data.files_dir
     skip = params.data.skip_bad_rows
     text_columns, label_column = definition.text_columns, definition.label_column
@@ -111,7 +128,7 @@ def prepare_own_task(
     record: dict[str, Any] = {"problem": "regression" if regression else "classification"}
 
     train = encode_labels(task, train, label_column, skip)
-    skipped = train.skipped  # every file's skipped rows (skip_bad_rows), counted in task.json
+    skipped = train.skipped  # the labelled files' skipped rows (skip_bad_rows), counted in task.json
     train_labels = np.asarray(train.labels)
     rng = np.random.default_rng(params.seed)
     if definition.dev is None:
@@ -148,15 +165,15 @@ def prepare_own_task(
     train_table = labelled_table(task, train, train_labels, train_keep)
     tables = {"train": subsample(train_table, params.data.max_train_examples, params.seed), **tables}
 
+    unlabelled_skipped = 0
     for path in definition.unlabelled:
         rows = read_rows(root / path, text_columns, None, skip)
-        skipped += rows.skipped
+        unlabelled_skipped += len(rows.skipped)
         unlabelled_texts += [texts_of(rows, i) for i in range(len(rows))]
     first_id = max(tables["train"].column("id").to_pylist(), default=-1) + 1  # ids disjoint from train's
     unlabelled, dropped = _deduplicated(unlabelled_texts, tables, first_id)
-    record["unlabelled_duplicates_dropped"] = dropped
     record["skipped_rows"] = len(skipped)
-    return task, tables, unlabelled, record
+    return task, tables, unlabelled, record, {"duplicates_dropped": dropped, "skipped_rows": unlabelled_skipped}
 
 
 def _is_regression(definition: TaskDefinition, train: Rows) -> bool:
