@@ -1,6 +1,7 @@
 """Export: ONNX parity with PyTorch (single, pair, padded batches), the gate-table and int8 variants, the pruned
-vocabulary (parity on seen tokens, unseen ones read as unknown), the standalone folder (onnxruntime + tokenizers only,
-in an isolated interpreter), and the export of any saved student folder."""
+vocabulary (parity on seen tokens; unseen ones read as unknown, or through the fallback table as the unpruned student
+reads them), the standalone folder (onnxruntime + tokenizers only, in an isolated interpreter), and the export of any
+saved student folder."""
 
 from __future__ import annotations
 
@@ -221,17 +222,30 @@ def test_export_student_from_a_saved_multitask_folder(tmp_path, tiny_bert_dir):
     assert config["default_variant"] == "int8" and deploy.ExportedStudent(out).variant == "int8"
     assert config["source"]["architecture"] == "bilstm" and len(config["source"]["model_sha256"]) == 64
     assert json.loads(metrics.read_text()) == json.loads(json.dumps(report))
-    # pruned to the tokens of train and dev: dev reads as unpruned (parity), and the tables lost rows
+    # pruned to the tokens of train (dev reads through the fallback, as unpruned: parity), and the tables lost rows
     assert report["variants"]["onnx"]["max_abs_logit_diff"] <= PARITY
-    assert config["vocabulary"]["rows"] == encoder.vocab_size > config["vocabulary"]["kept"]
-    assert {rows for rows, _ in table_rows(out / "model.onnx").values()} >= {config["vocabulary"]["kept"]}
+    train_ids = vocabulary_ids(encoder, ["the film is good", "a bad plot"])
+    assert config["vocabulary"]["rows"] == encoder.vocab_size > config["vocabulary"]["kept"] == len(train_ids)
+    assert {rows for rows, _ in table_rows(out / "model.onnx").values()} >= {len(train_ids)}
     for variant, entry in report["variants"].items():
         assert entry["file_bytes"] == (out / config["models"][variant]).stat().st_size
         accuracy = entry["dev"]["dev"]["accuracy"]
         assert entry["drop_points"]["dev"] == pytest.approx(100 * (report["pytorch"]["dev"]["accuracy"] - accuracy))
     assert report["folder_bytes"] == sum(path.stat().st_size for path in out.iterdir())
-    unseen = report["unseen_tokens"]["dev"]  # dev's tokens outside train's, read as unknown
-    assert 0 < unseen["outside_training"] < unseen["tokens"] and "accuracy" in unseen["metrics_unseen_as_unknown"]
+    unseen = report["unseen_tokens"]["dev"]  # dev's tokens outside train's, read as unknown and by the fallback
+    assert 0 < unseen["outside_training"] < unseen["tokens"]
+    assert set(unseen["metrics_unseen_as_unknown"]) == {"onnx", "int8"}
+    assert unseen["metrics_unseen_by_fallback"] == {variant: report["variants"][variant]["dev"]["dev"]
+                                                    for variant in ("onnx", "int8")}  # fmt: skip
+    assert unseen["metrics_unseen_by_fallback"]["onnx"] == report["pytorch"]["dev"]
+    # without the fallback, dev's tokens are kept too (dev reads exactly) and only the [UNK] reading is reported
+    unk = export_student(get_task("mrpc"), ExportParams(unseen_tokens="unk"), model_dir, tmp_path / "unk", {"dev": dev},
+                         None, [train])  # fmt: skip
+    dev_ids = vocabulary_ids(encoder, rows + list(reversed(rows)))
+    assert unk["vocabulary"]["kept"] == len(np.union1d(train_ids, dev_ids)) > len(train_ids)
+    assert unk["variants"]["onnx"]["max_abs_logit_diff"] <= PARITY
+    assert "metrics_unseen_by_fallback" not in unk["unseen_tokens"]["dev"]
+    assert unk["unseen_tokens"]["dev"]["metrics_unseen_as_unknown"] == unseen["metrics_unseen_as_unknown"]
     reference = predict(model, encoder, "mrpc", rows, list(reversed(rows)), 4)  # the mrpc head, not sst2's
     runner = deploy.ExportedStudent(out, "onnx")
     np.testing.assert_allclose(runner.logits(rows, list(reversed(rows))), reference, atol=PARITY)
@@ -277,7 +291,7 @@ UNSEEN = ["lovely superb story", "the film is tedious and dull", "quite very zeb
     ("architecture", "task_name"),
     [("bilstm", "sst2"), ("bilstm", "mrpc"), ("transformer", "mrpc"), ("biattentive", "sst2")],
 )
-def test_pruned_vocabulary_keeps_seen_texts_exact_and_reads_unseen_tokens_as_unknown(
+def test_pruned_vocabulary_keeps_seen_texts_exact_and_reads_unseen_tokens_as_unknown_or_by_fallback(
     tmp_path, tiny_bert_dir, architecture, task_name
 ):
     from pipeline.students.architectures import get_architecture
@@ -293,10 +307,16 @@ def test_pruned_vocabulary_keeps_seen_texts_exact_and_reads_unseen_tokens_as_unk
     model.eval()
     kept = vocabulary_ids(encoder, SEEN)
     assert 4 < len(kept) < encoder.vocab_size / 2
+    with torch.no_grad():  # trained as on SEEN: the trainable tables' rows of its tokens moved, the others did not
+        for table in (p for p in model.parameters() if p.requires_grad and p.shape[0] == encoder.vocab_size):
+            table[kept] += 0.1 * torch.randn_like(table[kept])
     variants = ["table"] if architecture == "bilstm" else []
     full = exported(tmp_path, model, encoder, task_name, None, "full", variants=variants)
-    pruned = exported(tmp_path, model, encoder, task_name, kept, "pruned", variants=variants)
+    pruned = exported(tmp_path, model, encoder, task_name, kept, "pruned", variants=variants, unseen_tokens="unk")
+    fallback = exported(tmp_path, model, encoder, task_name, kept, "fallback", variants=variants)  # the default
     pair = get_task(task_name).is_pair
+    unseen_b = SEEN if pair else None
+    truth = predict(model, encoder, task_name, UNSEEN, unseen_b, 2)  # the PyTorch student on unseen tokens
 
     for variant in ("onnx", *variants):  # the embedding (or gate) tables have one row per kept token
         shapes = table_rows(pruned / deploy.read_config(pruned)["models"][variant]).values()
@@ -308,7 +328,6 @@ def test_pruned_vocabulary_keeps_seen_texts_exact_and_reads_unseen_tokens_as_unk
         reference = predict(model, encoder, task_name, SEEN, seen_b, 2)
         np.testing.assert_allclose(runner.logits(SEEN, seen_b, 2), reference, atol=PARITY, rtol=0)
         # unseen tokens: as the unpruned export with those tokens replaced by the unknown token
-        unseen_b = SEEN if pair else None
         reader = deploy.ExportedStudent(full, variant)
         arrays, known = (reader.inputs[:1] if reader.joint else reader.inputs), set(kept.tolist())
         ids = reader.encode(UNSEEN, unseen_b)
@@ -317,22 +336,41 @@ def test_pruned_vocabulary_keeps_seen_texts_exact_and_reads_unseen_tokens_as_unk
             for name, column in zip(reader.inputs, ids, strict=True)
         ]
         assert as_unknown != ids  # some tokens were unseen
-        np.testing.assert_allclose(
-            runner.logits(UNSEEN, unseen_b, 2), reader.logits_from_ids(as_unknown, 2), atol=PARITY, rtol=0
-        )
-        # the pruned tokenizer gives each kept token its position in ``kept``
+        as_unk = runner.logits(UNSEEN, unseen_b, 2)
+        np.testing.assert_allclose(as_unk, reader.logits_from_ids(as_unknown, 2), atol=PARITY, rtol=0)
+        # the fallback: every token its own row, so seen and unseen texts get the PyTorch student's logits
+        by_fallback = deploy.ExportedStudent(fallback, variant)
+        fallback_logits = by_fallback.logits(UNSEEN, unseen_b, 2)
+        np.testing.assert_allclose(fallback_logits, truth, atol=PARITY, rtol=0)
+        # [UNK] is not what the student reads (the tiny untrained Transformer's logits barely move: 3e-5)
+        assert np.abs(as_unk - truth).max() > max(100 * np.abs(fallback_logits - truth).max(), 1e-5)
+        assert architecture == "transformer" or np.abs(as_unk - truth).max() > PARITY  # outside the tolerance
+        np.testing.assert_allclose(by_fallback.logits(SEEN, seen_b, 2), reference, atol=PARITY, rtol=0)
+        # the pruned tokenizer gives each kept token its position in ``kept``; with the fallback, the others follow
         encoded = zip(reader.inputs, reader.encode(SEEN, seen_b), runner.encode(SEEN, seen_b), strict=True)
         for name, old, new in encoded:
             assert [kept[row].tolist() for row in new] == old if name in arrays else new == old
+        order = np.concatenate([kept, np.setdiff1d(np.arange(encoder.vocab_size), kept)])  # new id -> old id
+        encoded = zip(reader.inputs, ids, by_fallback.encode(UNSEEN, unseen_b), strict=True)
+        for name, old, new in encoded:
+            assert [order[row].tolist() for row in new] == old if name in arrays else new == old
+    # the fp32 graph: the pruned tables, and one fallback table of the other rows
+    config = deploy.read_config(fallback)
+    rows = [rows for rows, _ in table_rows(fallback / "model.onnx").values()]
+    assert rows.count(encoder.vocab_size - len(kept)) == 1 and len(kept) in rows and encoder.vocab_size not in rows
+    assert config["vocabulary"] == {
+        "rows": encoder.vocab_size, "kept": len(kept), "unseen_tokens": "fallback",
+        "fallback_rows": encoder.vocab_size - len(kept),
+    }  # fmt: skip
 
 
 def test_int8_stores_the_pruned_tables_as_int8_rows_and_the_table_variant_is_opt_in(tmp_path, tiny_bert_dir):
     model, encoder = build_student(tiny_bert_dir, ["sst2"], hidden_size=32, fc_hidden=32)
+    kept = vocabulary_ids(encoder, SEEN + UNSEEN)
     with torch.no_grad():  # a trained student: the trainable channel no longer equals the frozen one
         model.embedding.weight += 0.1 * torch.randn_like(model.embedding.weight)
-    kept = vocabulary_ids(encoder, SEEN + UNSEEN)
     assert "table" not in ExportParams().variants
-    folder = exported(tmp_path, model, encoder, "sst2", kept)  # the default variants
+    folder = exported(tmp_path, model, encoder, "sst2", kept, unseen_tokens="unk")  # the default variants
     config = deploy.read_config(folder)
     assert set(config["models"]) == {"onnx", "int8"} and config["default_variant"] == "int8"
     graph = onnx.load(folder / "model-int8.onnx").graph
@@ -350,11 +388,56 @@ def test_int8_stores_the_pruned_tables_as_int8_rows_and_the_table_variant_is_opt
     assert 0 < np.abs(int8 - reference).max() < 0.05 * np.abs(reference).max()
 
 
+def test_fallback_table_is_one_channel_of_the_untrained_rows_in_four_bits(tmp_path, tiny_bert_dir):
+    model, encoder = build_student(tiny_bert_dir, ["sst2"], hidden_size=32, fc_hidden=32)
+    kept = vocabulary_ids(encoder, SEEN)
+    unseen = np.setdiff1d(np.arange(encoder.vocab_size), kept)
+    tokens = {t for ids in encoder.encode(UNSEEN) for t in ids} - set(kept.tolist())
+    other_task = sorted(tokens)[:2]  # tokens of UNSEEN that the trainable channel learnt (another task's texts)
+    with torch.no_grad():
+        model.embedding.weight[kept] += 0.1 * torch.randn_like(model.embedding.weight[kept])
+        model.embedding.weight[other_task] += 0.1 * torch.randn_like(model.embedding.weight[other_task])
+    folder = exported(tmp_path, model, encoder, "sst2", kept, fallback_block_size=128)
+    vocabulary = deploy.read_config(folder)["vocabulary"]
+    fallback_rows = encoder.vocab_size - len(kept) - len(other_task)
+    # the rows whose channels differ are kept whole; the 32 columns take one 4-bit block (128 does not divide them)
+    assert vocabulary == {
+        "rows": encoder.vocab_size, "kept": len(kept) + 2, "unseen_tokens": "fallback", "fallback_rows": fallback_rows,
+        "fallback_int8_bits": 4, "fallback_int8_block": 32,
+    }  # fmt: skip
+    fp32 = {init.name: numpy_helper.to_array(init) for init in onnx.load(folder / "model.onnx").graph.initializer}
+    rest = np.setdiff1d(unseen, other_task)
+    np.testing.assert_array_equal(fp32["unseen_token_rows"], model.frozen_embedding.weight[rest].numpy())
+    reference = predict(model, encoder, "sst2", SEEN + UNSEEN, None, 1)
+    logits = deploy.ExportedStudent(folder, "onnx").logits(SEEN + UNSEEN, batch_size=1)
+    np.testing.assert_allclose(logits, reference, atol=PARITY, rtol=0)
+    graph = onnx.load(folder / "model-int8.onnx").graph
+    packed = {init.name: numpy_helper.to_array(init) for init in graph.initializer}["unseen_token_rows_int4"]
+    assert packed.dtype == np.uint8 and packed.shape == (fallback_rows, model.embedding.weight.shape[1] // 2)
+    int8 = deploy.ExportedStudent(folder).logits(SEEN + UNSEEN, batch_size=1)
+    assert 0 < np.abs(int8 - reference).max() < 0.05 * np.abs(reference).max()
+    eight = exported(tmp_path, model, encoder, "sst2", kept, "eight", fallback_bits=8)
+    unk = exported(tmp_path, model, encoder, "sst2", kept, "unk", unseen_tokens="unk")
+    sizes = [(path / "model-int8.onnx").stat().st_size for path in (unk, folder, eight)]
+    assert sizes[0] < sizes[1] < sizes[2]
+    assert deploy.read_config(eight)["vocabulary"]["fallback_int8_bits"] == 8
+
+
+@pytest.mark.parametrize(("width", "expected"), [(384, (4, 128)), (32, (4, 32)), (48, (4, 16)), (300, (8, 0))])
+def test_fallback_blocks_are_the_largest_power_of_two_dividing_the_width(width, expected):
+    from pipeline.serving.export import fallback_quantisation
+
+    assert fallback_quantisation(ExportParams(fallback_block_size=128), width) == expected
+    assert fallback_quantisation(ExportParams(fallback_bits=8), width) == (8, 0)
+
+
 def test_four_bit_tables_halve_the_int8_tables_and_stay_close(tmp_path, tiny_bert_dir):
     model, encoder = build_student(tiny_bert_dir, ["sst2"], hidden_size=32, fc_hidden=32)
     kept = vocabulary_ids(encoder, SEEN + UNSEEN)
-    eight = exported(tmp_path, model, encoder, "sst2", kept, "eight")
-    four = exported(tmp_path, model, encoder, "sst2", kept, "four", table_bits=4, table_block_size=16)
+    eight = exported(tmp_path, model, encoder, "sst2", kept, "eight", unseen_tokens="unk")
+    four = exported(
+        tmp_path, model, encoder, "sst2", kept, "four", unseen_tokens="unk", table_bits=4, table_block_size=16
+    )
     graph = onnx.load(four / "model-int8.onnx").graph
     assert "GatherBlockQuantized" in {node.op_type for node in graph.node}
     packed = [numpy_helper.to_array(init) for init in graph.initializer if init.name.endswith("_int4")]

@@ -13,10 +13,15 @@ The folder (read by ``pipeline/serving/deploy.py``) holds:
   names, max length, padding/unknown ids, text replacements, input names, variant files, default variant, source).
 
 Vocabulary pruning (``export.prune_vocabulary``): the embedding tables keep only the rows of the token ids the student
-can meet (those of its transfer set, train, dev and test texts, and the special tokens), renumbered in their
-original order; ``tokenizer.json`` keeps every token string (so WordPiece splits words exactly as before) but maps
-each one to its new id, and every dropped token to ``[UNK]``'s. A text whose tokens were all kept gets the unpruned
-student's logits; the runtime needs nothing but the rewritten tokenizer.
+can meet (those of its transfer set, train and test texts, dev's too unless a fallback reads them, and the special
+tokens), renumbered in their original order; ``tokenizer.json`` keeps every token string (so WordPiece splits words
+exactly as before) but maps each one to its new id. The other tokens (``export.unseen_tokens``) either read as
+``[UNK]`` (``unk``: they get ``[UNK]``'s id), or keep their own vector (``fallback``: they are numbered after the kept
+ones, and the graph gathers their ids from one fallback table of their rows, ``add_fallback``). The rows a student
+never trained are equal in all its tables (the BiLSTM's frozen and trainable channels), so one table serves every
+channel, stored in ``export.fallback_bits`` in the int8 variant (fp32 in ``model.onnx``, exact); a row that differs
+between tables (trained on another task's texts) is kept instead. A text whose tokens were all kept, or read through
+the fp32 fallback, gets the unpruned student's logits; the runtime needs nothing but the rewritten tokenizer.
 
 Every variant is checked on the dev split(s) against the PyTorch student, from raw text: fp32 variants' logits must
 match within ``export.parity_tolerance``; each variant's file size, task metrics and drop in points are reported.
@@ -75,6 +80,9 @@ TOKENIZER_FILE = "tokenizer.json"
 # Sample texts traced by the exporter: two rows of different lengths, so padding is part of the trace.
 TRACE_TEXTS = ("a short one", "a somewhat longer sentence to trace with padding")
 WEIGHT_TYPES = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}
+FALLBACK_TABLE = "unseen_token_rows"  # the fallback table's initialiser (export.unseen_tokens: fallback)
+FALLBACK = "fallback"
+MIN_BLOCK = 16  # GatherBlockQuantized's smallest block
 
 
 class TaskForward(nn.Module):
@@ -119,9 +127,10 @@ def export_onnx(model: StudentModel, encoder: StudentEncoder, task: Task, path: 
     return names
 
 
-def quantize_int8(source: Path, target: Path, params: ExportParams, vocab_rows: int) -> None:
-    """int8 weights of ``params.int8_ops``: the embedding tables (``Gather``) in ``params.table_bits`` bits
-    (``quantize_tables``), the other ops by ONNX Runtime's dynamic quantisation (activations quantised per call)."""
+def quantize_int8(source: Path, target: Path, params: ExportParams, tables: Sequence[str]) -> None:
+    """int8 weights of ``params.int8_ops``: the embedding ``tables`` (``Gather``) in ``params.table_bits`` bits and
+    the fallback table, if any, in ``params.fallback_bits`` (``quantize_tables``), the other ops by ONNX Runtime's
+    dynamic quantisation (activations quantised per call)."""
     ops = [op for op in params.int8_ops if op != TABLE_OP]
     if ops:
         quantize_dynamic(
@@ -130,44 +139,113 @@ def quantize_int8(source: Path, target: Path, params: ExportParams, vocab_rows: 
         )  # fmt: skip
     model = onnx.load(target if ops else source)
     if TABLE_OP in params.int8_ops:
-        quantize_tables(model, vocab_rows, params.table_bits, params.table_block_size)
+        quantize_tables(model, tables, params.table_bits, params.table_block_size)
+        fallback = [init for init in model.graph.initializer if init.name == FALLBACK_TABLE]
+        if fallback:
+            bits, block = fallback_quantisation(params, fallback[0].dims[1])
+            quantize_tables(model, [FALLBACK_TABLE], bits, block)
     onnx.save(model, target)
 
 
-def embedding_tables(model: onnx.ModelProto, vocab_rows: int) -> dict[str, list[onnx.NodeProto]]:
-    """The initialisers of ``vocab_rows`` rows that ``Gather`` nodes read token ids from (directly or through the
-    ``Identity`` aliases the exporter makes of equal weights), each with the Gathers reading it."""
+def fallback_quantisation(params: ExportParams, width: int) -> tuple[int, int]:
+    """Bits and block of the int8 variant's fallback table: ``params.fallback_bits`` in blocks of the largest power of
+    two up to ``params.fallback_block_size`` that divides ``width``; 8 bits a row where no block of at least 16 does."""
+    block = params.fallback_block_size
+    while block >= MIN_BLOCK and width % block:
+        block //= 2
+    return (4, block) if params.fallback_bits == 4 and block >= MIN_BLOCK else (8, 0)
+
+
+def embedding_tables(model: onnx.ModelProto, vocab_rows: int) -> list[str]:
+    """The initialisers of ``vocab_rows`` rows that ``Gather`` nodes read token ids from (``table_gathers``)."""
+    rows = {init.name: init.dims[0] for init in model.graph.initializer if len(init.dims) == 2}
+    return [table for table in table_gathers(model, list(rows)) if rows[table] == vocab_rows]
+
+
+def table_gathers(model: onnx.ModelProto, tables: Sequence[str]) -> dict[str, list[onnx.NodeProto]]:
+    """The ``Gather`` nodes reading each of ``tables`` (directly or through the ``Identity`` aliases the exporter makes
+    of equal weights), by table, for the tables some Gather reads."""
     graph = model.graph
-    rows = {init.name: init.dims[0] for init in graph.initializer if len(init.dims) == 2}  # fmt: skip
     alias = {node.output[0]: node.input[0] for node in graph.node if node.op_type == "Identity"}
-    tables: dict[str, list[onnx.NodeProto]] = {}
+    gathers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         if node.op_type == "Gather":
             source = node.input[0]
             while source in alias:
                 source = alias[source]
-            if rows.get(source) == vocab_rows:
-                tables.setdefault(source, []).append(node)
-    return tables
+            if source in tables:
+                gathers.setdefault(source, []).append(node)
+    return gathers
 
 
-def prune_tables(model: onnx.ModelProto, kept: np.ndarray, vocab_rows: int) -> None:
-    """Keep the rows ``kept`` (in that order) of every embedding table of ``model``, in place."""
-    tables = embedding_tables(model, vocab_rows)
-    if not tables:
-        raise ExportError(f"vocabulary pruning: no embedding table of {vocab_rows} rows read by a Gather node")
+def prune_tables(model: onnx.ModelProto, kept: np.ndarray, tables: Sequence[str]) -> None:
+    """Keep the rows ``kept`` (in that order) of each embedding table of ``tables``, in place."""
     for init in model.graph.initializer:
         if init.name in tables:
             init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init)[kept], init.name))
 
 
-def quantize_tables(model: onnx.ModelProto, vocab_rows: int, bits: int = 8, block: int = 32) -> None:
-    """Store every embedding table in ``bits`` bits, symmetric, in place, so that a looked-up row is dequantised alone:
-    8 bits with one fp32 scale per row (``Gather(int8) -> Cast -> Mul(Gather(scales))``), or 4 bits with one fp32
-    scale per ``block`` columns (ONNX Runtime's ``GatherBlockQuantized``, two values a byte)."""
+def untrained_rows_differ(model: onnx.ModelProto, tables: Sequence[str], kept: np.ndarray) -> np.ndarray:
+    """The ids outside ``kept`` whose rows differ between the embedding ``tables`` (one fallback table cannot stand
+    for all of them: e.g. the trainable channel's rows of tokens of another task's texts)."""
+    initializers = {init.name: init for init in model.graph.initializer}
+    values = [numpy_helper.to_array(initializers[table]) for table in tables]
+    if len({table.shape for table in values}) > 1:
+        shapes = ", ".join(f"{table} {values[i].shape}" for i, table in enumerate(tables))
+        raise ExportError(f"export.unseen_tokens: {FALLBACK}: embedding tables of different shapes ({shapes})")
+    differ = np.zeros(len(values[0]), dtype=bool)
+    for table in values[1:]:
+        differ |= (table != values[0]).any(axis=1)
+    differ[kept] = False
+    return np.flatnonzero(differ)
+
+
+def add_fallback(model: onnx.ModelProto, tables: Sequence[str], kept: int, rows: np.ndarray) -> None:
+    """Read the token ids from ``kept`` on (past the rows of the pruned ``tables``) from a fallback table of ``rows``,
+    in place: each ``Gather`` of a table becomes ``Where(ids < kept, Gather(table, min(ids, kept - 1)),
+    Gather(fallback, max(ids - kept, 0)))``, the fallback look-up shared by the tables reading the same ids."""
     graph = model.graph
-    tables = embedding_tables(model, vocab_rows)
-    gathers = {id(node): table for table, nodes in tables.items() for node in nodes}
+    gathers = {node.output[0] for nodes in table_gathers(model, tables).values() for node in nodes}
+    graph.initializer.extend([
+        numpy_helper.from_array(rows, FALLBACK_TABLE),
+        numpy_helper.from_array(np.array(kept, dtype=np.int64), f"{FALLBACK_TABLE}_first_id"),
+        numpy_helper.from_array(np.array(kept - 1, dtype=np.int64), f"{FALLBACK_TABLE}_last_kept_id"),
+        numpy_helper.from_array(np.array(0, dtype=np.int64), f"{FALLBACK_TABLE}_zero"),
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{FALLBACK_TABLE}_last_axis"),
+    ])  # fmt: skip
+    routed: set[str] = set()
+    nodes = []
+    for node in graph.node:
+        if node.op_type != "Gather" or node.output[0] not in gathers:
+            nodes.append(node)
+            continue
+        ids, out = node.input[1], node.output[0]
+        if ids not in routed:  # once per id tensor: which ids are kept, and the fallback rows of the others
+            routed.add(ids)
+            nodes += [
+                helper.make_node("Less", [ids, f"{FALLBACK_TABLE}_first_id"], [f"{ids}_is_kept"]),
+                helper.make_node("Unsqueeze", [f"{ids}_is_kept", f"{FALLBACK_TABLE}_last_axis"], [f"{ids}_kept_rows"]),
+                helper.make_node("Min", [ids, f"{FALLBACK_TABLE}_last_kept_id"], [f"{ids}_kept_ids"]),
+                helper.make_node("Sub", [ids, f"{FALLBACK_TABLE}_first_id"], [f"{ids}_shifted"]),
+                helper.make_node("Max", [f"{ids}_shifted", f"{FALLBACK_TABLE}_zero"], [f"{ids}_fallback_ids"]),
+                helper.make_node("Gather", [FALLBACK_TABLE, f"{ids}_fallback_ids"], [f"{ids}_fallback"]),
+            ]  # fmt: skip
+        kept_gather = onnx.NodeProto()
+        kept_gather.CopyFrom(node)
+        kept_gather.input[1], kept_gather.output[0] = f"{ids}_kept_ids", f"{out}_kept"
+        nodes += [kept_gather, helper.make_node("Where", [f"{ids}_kept_rows", f"{out}_kept", f"{ids}_fallback"], [out])]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+
+
+def quantize_tables(model: onnx.ModelProto, tables: Sequence[str], bits: int = 8, block: int = 32) -> None:
+    """Store the embedding ``tables`` in ``bits`` bits, symmetric, in place, so that a looked-up row is dequantised
+    alone: 8 bits with one fp32 scale per row (``Gather(int8) -> Cast -> Mul(Gather(scales))``), or 4 bits with one
+    fp32 scale per ``block`` columns (ONNX Runtime's ``GatherBlockQuantized``, two values a byte)."""
+    graph = model.graph
+    tables = table_gathers(model, tables)
+    gathers = {node.output[0]: table for table, nodes in tables.items() for node in nodes}  # by output: unique
     initializers = {init.name: init for init in graph.initializer}
     for table in tables:
         values = numpy_helper.to_array(initializers[table]).astype(np.float32)
@@ -177,10 +255,10 @@ def quantize_tables(model: onnx.ModelProto, vocab_rows: int, bits: int = 8, bloc
     for node in graph.node:
         if node.op_type == "Identity" and node.input[0] in tables:
             continue  # an alias of a table: its Gathers read the quantised table directly
-        if id(node) not in gathers:
+        if node.op_type != "Gather" or node.output[0] not in gathers:
             nodes.append(node)
             continue
-        table, ids, out = gathers[id(node)], node.input[1], node.output[0]
+        table, ids, out = gathers[node.output[0]], node.input[1], node.output[0]
         if bits == 4:
             nodes.append(helper.make_node(
                 "GatherBlockQuantized", [f"{table}_int4", ids, f"{table}_scale"], [out], domain=CONTRIB_DOMAIN,
@@ -248,19 +326,29 @@ def _replaced(text: str, replace: dict[str, str]) -> str:
     return text
 
 
-def id_map(kept: np.ndarray, vocab_rows: int, unk_id: int) -> np.ndarray:
-    """New id of every old id: its position in ``kept``, or the unknown token's for the ids not kept."""
-    new = np.full(vocab_rows, int(np.searchsorted(kept, unk_id)), dtype=np.int64)
+def id_map(kept: np.ndarray, vocab_rows: int, unk_id: int, fallback: bool = False) -> np.ndarray:
+    """New id of every old id: its position in ``kept``; for the ids not kept, the unknown token's, or (``fallback``)
+    ``len(kept)`` on, in their original order (their rows in the fallback table)."""
+    if fallback:
+        new = np.empty(vocab_rows, dtype=np.int64)
+        new[unseen_ids(kept, vocab_rows)] = np.arange(len(kept), vocab_rows)
+    else:
+        new = np.full(vocab_rows, int(np.searchsorted(kept, unk_id)), dtype=np.int64)
     new[kept] = np.arange(len(kept))
     return new
 
 
+def unseen_ids(kept: np.ndarray, vocab_rows: int) -> np.ndarray:
+    """The ids of ``range(vocab_rows)`` not in ``kept``, sorted."""
+    return np.setdiff1d(np.arange(vocab_rows), kept, assume_unique=True)
+
+
 def prune_tokenizer(tokenizer: Tokenizer, new_ids: np.ndarray) -> str:
     """The JSON of ``tokenizer`` with every id (vocabulary, added tokens, template special tokens) replaced by
-    ``new_ids[id]``: the same token strings and splits, so each dropped token reads as the unknown token.
+    ``new_ids[id]``: the same token strings and splits, each token with its new id (``id_map``).
 
-    Many tokens share the unknown token's id, which ``Tokenizer.save`` cannot write (it lists the vocabulary by id):
-    write this JSON as it is."""
+    Without a fallback many tokens share the unknown token's id, which ``Tokenizer.save`` cannot write (it lists the
+    vocabulary by id): write this JSON as it is."""
     data = json.loads(tokenizer.to_str())
     if not isinstance(data["model"].get("vocab"), dict):
         raise ExportError(
@@ -319,9 +407,10 @@ def token_arrays(encoder: StudentEncoder, inputs: list[str]) -> tuple[list[str],
 
 def export_config(
     task: Task, encoder: StudentEncoder, inputs: list[str], replace: dict[str, str], files: dict[str, str],
-    source: dict[str, Any], new_ids: np.ndarray | None = None,
+    source: dict[str, Any], new_ids: np.ndarray | None = None, vocabulary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The ``config.json`` read by ``pipeline.serving.deploy`` (ids after pruning, if ``new_ids`` maps them)."""
+    """The ``config.json`` read by ``pipeline.serving.deploy`` (ids after pruning, if ``new_ids`` maps them;
+    ``vocabulary``: the pruned tables' rows, ``pruned_vocabulary``)."""
     arrays, vocabulary_arrays = token_arrays(encoder, inputs)
     pad_ids, unk_id = encoded_pad_ids(encoder), encoder.unk_id
     if new_ids is not None:
@@ -342,10 +431,7 @@ def export_config(
         "inputs": arrays,
         "models": files,
         "default_variant": next(variant for variant in DEFAULT_VARIANTS if variant in files),
-        "vocabulary": {
-            "rows": encoder.vocab_size,
-            "kept": encoder.vocab_size if new_ids is None else int(new_ids.max()) + 1,
-        },
+        "vocabulary": {"rows": encoder.vocab_size, "kept": encoder.vocab_size, **(vocabulary or {})},
         "source": source,
     }
 
@@ -353,30 +439,56 @@ def export_config(
 def write_variants(
     model: StudentModel, encoder: StudentEncoder, task: Task, folder: Path, params: ExportParams,
     kept: np.ndarray | None = None,
-) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+) -> tuple[list[str], dict[str, str], np.ndarray | None, dict[str, Any]]:  # fmt: skip
     """Write the fp32 ONNX model and the requested variants into ``folder`` (embedding tables cut to the rows
-    ``kept``, if given); return input names and variant files."""
+    ``kept``, if given, the others read as ``params.unseen_tokens`` says); return input names, variant files, the
+    kept ids (with a fallback, also those whose rows differ between the tables, ``untrained_rows_differ``) and
+    config.json's ``vocabulary`` entries of the pruning."""
     files = dict.fromkeys([FP32_VARIANT], MODEL_FILES[FP32_VARIANT])
     inputs = export_onnx(model, encoder, task, folder / files[FP32_VARIANT], params.opset)
+    fp32 = onnx.load(folder / files[FP32_VARIANT])
+    tables = embedding_tables(fp32, encoder.vocab_size)
+    vocabulary: dict[str, Any] = {}
+    order = kept  # the rows of the tables in the tokenizer's new order (the specialised variants' tables too)
     if kept is not None:
-        fp32 = onnx.load(folder / files[FP32_VARIANT])
-        prune_tables(fp32, kept, encoder.vocab_size)
+        if not tables:
+            raise ExportError(f"vocabulary pruning: no embedding table of {encoder.vocab_size} rows read by a Gather")
+        fallback = None
+        if params.unseen_tokens == FALLBACK:
+            kept = np.union1d(kept, untrained_rows_differ(fp32, tables, kept))
+            unseen = unseen_ids(kept, encoder.vocab_size)
+            fallback = numpy_helper.to_array(next(i for i in fp32.graph.initializer if i.name == tables[0]))[unseen]
+            order = np.concatenate([kept, unseen])  # a specialised variant's tables keep every row
+        prune_tables(fp32, kept, tables)
+        if fallback is not None and len(fallback):
+            add_fallback(fp32, tables, len(kept), fallback)
         onnx.save(fp32, folder / files[FP32_VARIANT])
+        vocabulary = pruned_vocabulary(params, len(kept), None if fallback is None else fallback.shape)
     specialised = SPECIALISED_VARIANTS.get(model.architecture, {})
     for variant in params.variants:
         if variant == INT8_VARIANT:
             files[variant] = MODEL_FILES[variant]
-            rows = encoder.vocab_size if kept is None else len(kept)
-            quantize_int8(folder / files[FP32_VARIANT], folder / files[variant], params, rows)
+            quantize_int8(folder / files[FP32_VARIANT], folder / files[variant], params, tables)
         elif variant in specialised:
             files[variant] = f"model-{variant}.onnx"
             graph = specialised[variant](model, task.name, params.opset)
-            if kept is not None:
-                prune_tables(graph, kept, encoder.vocab_size)
+            if order is not None:
+                prune_tables(graph, order, embedding_tables(graph, encoder.vocab_size))
             onnx.save(graph, folder / files[variant])
         else:
             log.info("export variant %r is not available for architecture %r: skipped", variant, model.architecture)
-    return inputs, files
+    return inputs, files, kept, vocabulary
+
+
+def pruned_vocabulary(params: ExportParams, kept: int, fallback: tuple[int, ...] | None) -> dict[str, Any]:
+    """config.json's ``vocabulary`` entries of a pruned export: rows kept, how the others read (``unseen_tokens``),
+    and the ``fallback`` table's rows and, in the int8 variant, its bits and block (0: one scale a row)."""
+    entry: dict[str, Any] = {"kept": kept, "unseen_tokens": params.unseen_tokens}
+    if fallback is not None:
+        entry["fallback_rows"] = fallback[0]
+        if fallback[0] and INT8_VARIANT in params.variants and TABLE_OP in params.int8_ops:
+            entry["fallback_int8_bits"], entry["fallback_int8_block"] = fallback_quantisation(params, fallback[1])
+    return entry
 
 
 def vocabulary_ids(encoder: StudentEncoder, texts: Iterable[str], by_word: bool = False) -> np.ndarray:
@@ -392,18 +504,21 @@ def vocabulary_ids(encoder: StudentEncoder, texts: Iterable[str], by_word: bool 
 def write_export(
     model: StudentModel, encoder: StudentEncoder, task: Task, folder: Path, params: ExportParams,
     source: dict[str, Any], kept: np.ndarray | None = None,
-) -> None:  # fmt: skip
+) -> np.ndarray | None:  # fmt: skip
     """Write the ONNX variants, ``tokenizer.json`` and ``config.json`` of ``task`` into an existing ``folder``;
-    with ``kept`` (sorted token ids, ``vocabulary_ids``), only those rows of the embedding tables."""
-    inputs, files = write_variants(model, encoder, task, folder, params, kept)
+    with ``kept`` (sorted token ids, ``vocabulary_ids``), only those rows of the embedding tables (the others as
+    ``params.unseen_tokens`` says). Return the ids kept (``write_variants``)."""
+    inputs, files, kept, vocabulary = write_variants(model, encoder, task, folder, params, kept)
     tokenizer, replace = standalone_tokenizer(encoder)
-    new_ids = None if kept is None else id_map(kept, encoder.vocab_size, encoder.unk_id)
-    if new_ids is None:
+    new_ids = None
+    if kept is None:
         tokenizer.save(str(folder / TOKENIZER_FILE))
     else:
+        new_ids = id_map(kept, encoder.vocab_size, encoder.unk_id, params.unseen_tokens == FALLBACK)
         (folder / TOKENIZER_FILE).write_text(prune_tokenizer(tokenizer, new_ids), encoding="utf-8")
-    config = export_config(task, encoder, inputs, replace, files, source, new_ids)
+    config = export_config(task, encoder, inputs, replace, files, source, new_ids, vocabulary)
     write_json(config, folder / deploy.CONFIG_FILE)
+    return kept
 
 
 def check_variants(
@@ -412,7 +527,9 @@ def check_variants(
 ) -> dict[str, Any]:  # fmt: skip
     """Dev metrics of the PyTorch student and every exported variant (file size, metrics, drop in points from the
     PyTorch student), fp32 parity (of the pruned vocabulary too), the int8 drop. ``seen``: the sorted token ids of
-    the student's training texts, to report how dev reads with the tokens outside them mapped to the unknown one."""
+    the student's training texts (exported numbering), to report how dev reads with the tokens outside them mapped to
+    the unknown one, and with a fallback table (``export.unseen_tokens: fallback``, the tables kept to ``seen``: dev's
+    other tokens read through it), as exported (``unseen_tokens``)."""
     config = deploy.read_config(folder)
     variants = {variant: {"file_bytes": (folder / file).stat().st_size} for variant, file in config["models"].items()}
     report: dict[str, Any] = {
@@ -435,8 +552,11 @@ def check_variants(
             difference = float(np.abs(logits - reference).max()) if len(reference) else 0.0
             entry["max_abs_logit_diff"] = max(entry.get("max_abs_logit_diff", 0.0), difference)
         if seen is not None:
-            report.setdefault("unseen_tokens", {})[split] = unseen_tokens(runners[FP32_VARIANT], task, table, seen,
-                                                                          params.check_batch_size)  # fmt: skip
+            report.setdefault("unseen_tokens", {})[split] = unseen = unseen_tokens(runners, task, table, seen,
+                                                                                   params.check_batch_size)  # fmt: skip
+            if config["vocabulary"].get("fallback_rows"):
+                unseen["metrics_unseen_by_fallback"] = {variant: report["variants"][variant]["dev"][split]
+                                                       for variant in runners}  # fmt: skip
     for variant, entry in report["variants"].items():
         if variant in EXACT_VARIANTS and entry["max_abs_logit_diff"] > params.parity_tolerance:
             raise ExportError(
@@ -449,11 +569,13 @@ def check_variants(
 
 
 def unseen_tokens(
-    runner: deploy.ExportedStudent, task: Task, table: pa.Table, seen: np.ndarray, batch_size: int
+    runners: dict[str, deploy.ExportedStudent], task: Task, table: pa.Table, seen: np.ndarray, batch_size: int
 ) -> dict[str, Any]:
-    """Tokens of ``table`` outside the ids ``seen`` (the exported ids of the training texts), and ``runner``'s metrics
-    with those read as the unknown token: what pruning to the training texts alone would cost on this split."""
+    """Tokens of ``table`` outside the ids ``seen`` (the exported ids of the training texts), and each variant's
+    metrics with those read as the unknown token: what pruning to the training texts alone costs this split without
+    a fallback."""
     text_a, text_b = table_texts(task, table)
+    runner = next(iter(runners.values()))  # the variants share the tokenizer
     vocabulary_arrays = runner.inputs[:1] if runner.joint else runner.inputs
     allowed = set(seen.tolist())
     total = outside = 0
@@ -464,7 +586,9 @@ def unseen_tokens(
             outside += sum(token not in allowed for row in column for token in row)
             column = [[token if token in allowed else runner.unk_id for token in row] for row in column]
         mapped.append(column)
-    metrics = compute_metrics(task, runner.logits_from_ids(mapped, batch_size), table.column("label").to_numpy())
+    labels = table.column("label").to_numpy()
+    metrics = {variant: compute_metrics(task, each.logits_from_ids(mapped, batch_size), labels)
+               for variant, each in runners.items()}  # fmt: skip
     return {"tokens": total, "outside_training": outside, "metrics_unseen_as_unknown": metrics}
 
 

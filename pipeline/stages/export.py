@@ -18,7 +18,7 @@ from pipeline.data.schema import table_texts
 from pipeline.data.tasks import Task
 from pipeline.errors import ExportError
 from pipeline.params import ExportParams
-from pipeline.serving.export import check_variants, vocabulary_ids, write_export
+from pipeline.serving.export import FALLBACK, check_variants, vocabulary_ids, write_export
 from pipeline.students.architectures import MODEL_FILE, load_student
 
 
@@ -47,7 +47,8 @@ def export_student(
     """Export ``task`` of the student saved in ``model_dir`` (any architecture) to ``out_dir``; check it on ``splits``.
 
     With ``params.prune_vocabulary`` the embedding tables keep the tokens of ``training`` (tables of texts: transfer
-    set, train, test) and of ``splits``. Writes the folder atomically and the check report to ``metrics_path`` (if
+    set, train, test), and of ``splits`` unless a fallback table reads the other tokens (``export.unseen_tokens``:
+    then dev reads as a new text would). Writes the folder atomically and the check report to ``metrics_path`` (if
     given); returns the report.
     """
     model, encoder = load_student(model_dir, torch.device("cpu"))
@@ -62,9 +63,11 @@ def export_student(
     kept = seen = None
     if params.prune_vocabulary:
         seen = vocabulary_ids(encoder, texts(task, training), by_word=True)  # word by word: the transfer set is large
-        kept = np.union1d(seen, vocabulary_ids(encoder, texts(task, list(splits.values()))))  # exactly what dev reads
+        kept = seen
+        if params.unseen_tokens != FALLBACK:  # dev's tokens too, so that dev reads exactly
+            kept = np.union1d(seen, vocabulary_ids(encoder, texts(task, list(splits.values()))))
     with atomic_dir(out_dir) as folder:
-        write_export(model, encoder, task, folder, params, source, kept)
+        kept = write_export(model, encoder, task, folder, params, source, kept)
         # the training ids in the exported numbering (all kept), to report dev's tokens outside them
         exported_seen = None if kept is None else np.searchsorted(kept, seen)
         report = {
