@@ -146,16 +146,19 @@ def test_kd_training_learns_the_teachers_labels(classifier_dir: Path, tmp_path: 
 
 @pytest.mark.parametrize("task_name", ["sst2", "mrpc"])
 def test_onnx_export_matches_pytorch(classifier_dir: Path, tmp_path: Path, task_name: str) -> None:
-    """The generic export handles the static student: fp32 ONNX equals PyTorch on padded batches; int8 is written;
-    the BiLSTM-only table variant is skipped."""
+    """The generic export handles the static student: fp32 ONNX equals PyTorch on padded batches and one text at a
+    time; int8 is written; the BiLSTM-only table variant is skipped."""
     model, encoder = build(classifier_dir, [task_name])
     write_export(model, encoder, get_task(task_name), tmp_path, ExportParams(variants=["int8", "table"]), {})
     assert set(deploy.read_config(tmp_path)["models"]) == {"onnx", "int8"}
     text_a, text_b = texts(20, 5), (texts(20, 6) if get_task(task_name).is_pair else None)
     reference = predict(model, encoder, task_name, text_a, text_b, 8)
+    runner = deploy.ExportedStudent(tmp_path, "onnx")
     for batch_size in (1, 8):
-        logits = deploy.ExportedStudent(tmp_path, "onnx").logits(text_a, text_b, batch_size)
-        np.testing.assert_allclose(logits, reference, atol=PARITY, rtol=0)
+        np.testing.assert_allclose(runner.logits(text_a, text_b, batch_size), reference, atol=PARITY, rtol=0)
+    # one text per call (the single-row path: no sorting or padding), as a server at batch size 1 calls it
+    alone = [runner.logits([a], None if text_b is None else [text_b[i]]) for i, a in enumerate(text_a)]
+    np.testing.assert_allclose(np.concatenate(alone), reference, atol=PARITY, rtol=0)
     int8 = deploy.ExportedStudent(tmp_path, "int8").logits(text_a, text_b, 8)
     assert int8.shape == reference.shape and np.abs(int8 - reference).max() < 0.1
 

@@ -85,10 +85,8 @@ class ExportedStudent:
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Untruncated token ids per text (an empty result becomes the unknown token, as in training)."""
         texts = [self._normalise(text) for text in texts]
-        if len(texts) == 1:  # a single text: skip the batch machinery (cheaper at batch size 1)
-            encodings = [self.tokenizer.encode(texts[0], add_special_tokens=False)]
-        else:
-            encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+        # encode_batch_fast: without character offsets (unused here), cheaper than encode even for one text
+        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
         return [encoding.ids or [self.unk_id] for encoding in encodings]
 
     def encode(
@@ -103,7 +101,7 @@ class ExportedStudent:
         if truncate:
             self.tokenizer.enable_truncation(self.max_length, strategy="longest_first")
         try:
-            encodings = self.tokenizer.encode_batch(pairs, add_special_tokens=True)
+            encodings = self.tokenizer.encode_batch_fast(pairs, add_special_tokens=True)
         finally:
             self.tokenizer.no_truncation()
         return [[encoding.ids for encoding in encodings], [encoding.type_ids for encoding in encodings]]
@@ -127,6 +125,8 @@ class ExportedStudent:
                 f"expected {len(self.inputs)} token lists per row ({', '.join(self.inputs)}), got {len(ids)}"
             )
         rows = len(ids[0])
+        if rows == 1:  # one row: no sorting, padding or scattering (a third of a static student's call at batch 1)
+            return self._run_row([column[0][: self.max_length] for column in ids])
         lengths = np.array([[min(len(row), self.max_length) for row in column] for column in ids], dtype=np.int64)
         order = np.argsort(-lengths.max(axis=0), kind="stable")
         out: np.ndarray | None = None
@@ -144,6 +144,14 @@ class ExportedStudent:
                 out = np.empty((rows, logits.shape[1]), dtype=np.float32)
             out[batch] = logits
         return out if out is not None else np.empty((0, max(len(self.labels or []), 1)), dtype=np.float32)
+
+    def _run_row(self, row: Sequence[Sequence[int]]) -> np.ndarray:
+        """Logits ``[1, outputs]`` of one row: its token ids per input, already truncated."""
+        feed = {}
+        for name, ids in zip(self.inputs, row, strict=True):
+            feed[name] = np.array([ids], dtype=np.int64)
+            feed[name + LENGTHS_SUFFIX] = np.array([len(ids)], dtype=np.int64)
+        return self.session.run([LOGITS_OUTPUT], {k: v for k, v in feed.items() if k in self.session_inputs})[0]
 
     def logits(self, text_a: Sequence[str], text_b: Sequence[str] | None = None, batch_size: int = 256) -> np.ndarray:
         """Logits for raw texts (a second list for sentence-pair tasks), tokenisation included."""
