@@ -371,8 +371,8 @@ class ExportParams(_Section):
     table_block_size: int = Field(default=32, ge=16)  # 4 bits: columns per scale (a power of 2 dividing the width)
     unseen_tokens: Literal["unk", "fallback"] = "fallback"  # pruned: tokens outside the kept ones read as [UNK], or
     # through a fallback table of their (untrained, frozen-channel) rows; then dev is not among the kept texts
-    fallback_bits: Literal[4, 8] = 4  # the int8 variant's fallback table (fp32 in model.onnx: exact)
-    fallback_block_size: int = Field(default=128, ge=16)  # 4 bits: columns per scale (a power of 2; smaller if it
+    fallback_bits: Literal[2, 4, 8] = 4  # the int8 variant's fallback table (fp32 in model.onnx: exact)
+    fallback_block_size: int = Field(default=128, ge=16)  # 2, 4 bits: columns per scale (a power of 2; smaller if it
     # does not divide the width, 8 bits a row if no power of 2 from 16 does)
     parity_tolerance: float = Field(default=1e-4, gt=0)
     max_int8_drop: float = Field(default=0.5, ge=0)

@@ -417,10 +417,18 @@ def test_fallback_table_is_one_channel_of_the_untrained_rows_in_four_bits(tmp_pa
     int8 = deploy.ExportedStudent(folder).logits(SEEN + UNSEEN, batch_size=1)
     assert 0 < np.abs(int8 - reference).max() < 0.05 * np.abs(reference).max()
     eight = exported(tmp_path, model, encoder, "sst2", kept, "eight", fallback_bits=8)
+    two = exported(tmp_path, model, encoder, "sst2", kept, "two", fallback_bits=2, fallback_block_size=16)
     unk = exported(tmp_path, model, encoder, "sst2", kept, "unk", unseen_tokens="unk")
-    sizes = [(path / "model-int8.onnx").stat().st_size for path in (unk, folder, eight)]
-    assert sizes[0] < sizes[1] < sizes[2]
+    sizes = [(path / "model-int8.onnx").stat().st_size for path in (unk, two, folder, eight)]
+    assert sizes[0] < sizes[1] < sizes[2] < sizes[3]
     assert deploy.read_config(eight)["vocabulary"]["fallback_int8_bits"] == 8
+    graph = onnx.load(two / "model-int8.onnx").graph
+    packed = {init.name: numpy_helper.to_array(init) for init in graph.initializer}["unseen_token_rows_int2"]
+    assert packed.shape == (fallback_rows, model.embedding.weight.shape[1] // 4)  # four columns a byte
+    int2 = deploy.ExportedStudent(two).logits(SEEN + UNSEEN, batch_size=1)
+    seen_rows = len(SEEN)  # texts of kept tokens read no fallback row: as the 4-bit fallback's
+    np.testing.assert_allclose(int2[:seen_rows], int8[:seen_rows], atol=1e-6, rtol=0)
+    assert 0 < np.abs(int2 - reference).max() < 0.1 * np.abs(reference).max()
 
 
 @pytest.mark.parametrize(("width", "expected"), [(384, (4, 128)), (32, (4, 32)), (48, (4, 16)), (300, (8, 0))])
@@ -428,7 +436,32 @@ def test_fallback_blocks_are_the_largest_power_of_two_dividing_the_width(width, 
     from pipeline.serving.export import fallback_quantisation
 
     assert fallback_quantisation(ExportParams(fallback_block_size=128), width) == expected
+    two_bits = (2, expected[1]) if expected[0] == 4 else expected  # 2 bits take the same blocks
+    assert fallback_quantisation(ExportParams(fallback_bits=2, fallback_block_size=128), width) == two_bits
     assert fallback_quantisation(ExportParams(fallback_bits=8), width) == (8, 0)
+
+
+def test_two_bit_blocks_unpack_to_their_quantised_values():
+    """The 2-bit packing (four columns a byte, the first in the low bits) reads back through GatherBlockQuantized as
+    the values rounded to the block scale's steps -2..1, the largest ones clipped."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from pipeline.serving.export import quantized_table
+
+    values = np.array([[0.0, 1.0, -1.0, 0.5, 2.5, -2.5, 0.25, -0.6] * 2], dtype=np.float32)  # one block of 16
+    data, scale = quantized_table(values, "t", 2, 16)
+    node = helper.make_node("GatherBlockQuantized", ["t_int2", "i", "t_scale"], ["y"], domain="com.microsoft",
+                            gather_axis=0, quantize_axis=1, block_size=16, bits=2)  # fmt: skip
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("i", TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [data, scale])  # fmt: skip
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    out = ort.InferenceSession(model.SerializeToString()).run(None, {"i": np.array([0])})[0]
+    step = 2.5 / 2.5  # the block's largest |value| over 2.5
+    expected = np.array([[0, 1, -1, 0, 1, -2, 0, -1] * 2], dtype=np.float32) * step
+    np.testing.assert_array_equal(out, expected)
 
 
 def test_four_bit_tables_halve_the_int8_tables_and_stay_close(tmp_path, tiny_bert_dir):
