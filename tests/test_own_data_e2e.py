@@ -124,16 +124,20 @@ def test_repro_runs_every_stage_for_tasks_of_your_own(project):
         # code, the exported variants run from their folders by tokenizers and onnxruntime alone, batched as
         # evaluate batches them (teacher.eval_batch_size) and, for the export stage's own report on dev, as export
         # does (export.check_batch_size); metrics by sklearn/scipy.
+        # the pairs fixture's 12 dev rows are too few for the tiny teacher and students to leave the majority class,
+        # so their metrics cannot tell shifted labels apart: compared, not required to discern
+        discerning = task != "pairs"
         for split, quality in report["quality"].items():
             rows = Rows.prepared(project, task, split, expected[task])
             what = f"metrics/report/{task}.json {split}"
-            assert_same_metrics(quality, recompute(project, rows), what)
-            variants = recompute_exported(project, rows, params["teacher"]["eval_batch_size"])
+            assert_same_metrics(quality, recompute(project, rows, discerning=discerning), what)
+            variants = recompute_exported(project, rows, params["teacher"]["eval_batch_size"], discerning)
             assert {"student-onnx", "student-int8", "static-onnx", "static-int8"} <= set(variants)
             assert_one_of(quality, variants, f"{what}, exported variants")
             if split == "dev":  # export checks the variants on dev: their metrics and largest logit difference
                 size, exports = params["export"]["check_batch_size"], f"metrics/export/**/{task}.json"
-                assert_one_of(export_reported(project, task, split), recompute_exported(project, rows, size), exports)
+                exported = recompute_exported(project, rows, size, discerning)
+                assert_one_of(export_reported(project, task, split), exported, exports)
                 assert_one_of(
                     export_reported(project, task, split, "max_abs_logit_diff"),
                     recompute_logit_diffs(project, rows, size),
