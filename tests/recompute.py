@@ -276,6 +276,30 @@ def export_reported(project: Path, task: str, split: str, key: str = "dev") -> d
     return out
 
 
+def assert_exports_match(
+    project: Path, data: Rows, split: str, quality: dict[str, Any], what: str, discerning: bool = True
+) -> None:
+    """The exported variants run from their folders (``exported_runs``) give the metrics evaluate reported on
+    ``data``, the task's ``split`` (``quality``: metrics/report/<task>.json's entry), batched as evaluate batches them
+    (teacher.eval_batch_size); on dev, also the metrics and largest logit difference from the PyTorch model that
+    export reported, batched as export batches them (export.check_batch_size)."""
+    params = project_params(project)
+    variants = recompute_exported(project, data, params["teacher"]["eval_batch_size"], discerning)
+    assert {"student-onnx", "student-int8", "static-onnx", "static-int8"} <= set(variants)
+    assert_one_of(quality, variants, f"{what}, exported variants")
+    if split != "dev":  # export checks the variants on dev only
+        return
+    size, exports = params["export"]["check_batch_size"], f"metrics/export/**/{data.task}.json"
+    exported = recompute_exported(project, data, size, discerning)
+    assert_one_of(export_reported(project, data.task, split), exported, exports)
+    assert_one_of(
+        export_reported(project, data.task, split, "max_abs_logit_diff"),
+        recompute_logit_diffs(project, data, size),
+        f"{exports} max_abs_logit_diff",
+        LOGIT_TOLERANCE,
+    )
+
+
 def assert_one_of(reported: dict[str, Any], expected: dict[str, list[Any]], what: str, tolerance: float = TOLERANCE):
     """Every model of ``expected`` reported with one of its candidate values (metrics, each within ``tolerance``; or
     a number within it)."""

@@ -17,15 +17,13 @@ import yaml
 
 from tests.conftest import LEARNING, MULTITASK, copy_project, init_project, tiny_params, write_sst2
 from tests.recompute import (
-    LOGIT_TOLERANCE,
     Dev,
+    assert_exports_match,
     assert_one_of,
     assert_same_metrics,
-    export_reported,
     project_params,
     recompute,
     recompute_exported,
-    recompute_logit_diffs,
 )
 
 pytestmark = pytest.mark.e2e  # the real stages in a tmp DVC project: dvc repro/status, python -m pipeline
@@ -139,19 +137,7 @@ def test_repro_runs_every_stage_and_reports_metrics(project):
     # them (teacher.eval_batch_size) and as export does (export.check_batch_size): their metrics, and export's largest
     # logit difference from the PyTorch model (int8: 1e-2 here, and batching moves it by 1e-3, so it tells a variant's
     # outputs apart where metrics of 30 rows cannot)
-    params = project_params(project)
-    variants = recompute_exported(project, dev, params["teacher"]["eval_batch_size"])
-    assert {"student-onnx", "student-int8", "static-onnx", "static-int8"} <= set(variants)
-    assert_one_of(report["quality"]["dev"], variants, "metrics/report/sst2.json dev, exported variants")
-    check_batch_size = params["export"]["check_batch_size"]
-    exports = "metrics/export/sst2.json and metrics/export/static/sst2.json"
-    assert_one_of(export_reported(project, "sst2", "dev"), recompute_exported(project, dev, check_batch_size), exports)
-    assert_one_of(
-        export_reported(project, "sst2", "dev", "max_abs_logit_diff"),
-        recompute_logit_diffs(project, dev, check_batch_size),
-        f"{exports} max_abs_logit_diff",
-        LOGIT_TOLERANCE,
-    )
+    assert_exports_match(project, dev, "dev", report["quality"]["dev"], "metrics/report/sst2.json dev")
     manifest = json.loads((project / "data" / "logits" / "single" / "sst2" / "_manifest.json").read_text())
     assert manifest["num_rows"] > 60
     mt_manifest = json.loads((project / "data" / "logits" / "multitask" / "sst2" / "_manifest.json").read_text())
