@@ -17,6 +17,7 @@ from pipeline import paths
 from pipeline.data.tasks import get_task
 from pipeline.params import Params
 from pipeline.serving.catalogue import MODEL2VEC, model_source, single_task_models
+from pipeline.serving.model2vec_classifier import Model2VecModel
 from pipeline.stages.reference import SUMMARY, build_reference
 from tests.glue_fixtures import generate_examples
 
@@ -46,7 +47,7 @@ def workspace(tmp_path, monkeypatch, tiny_bert_dir):
     return Params(teacher={"checkpoint": str(tiny_bert_dir)}, model2vec={"pca_dims": 16, "max_epochs": 30})
 
 
-def test_reference_stage_fits_offline_and_the_catalogue_scores_what_the_library_predicts(workspace):
+def test_reference_stage_fits_offline_and_the_catalogue_scores_what_the_library_predicts(workspace, monkeypatch):
     task = get_task("sst2")
     source = model_source(MODEL2VEC, task, workspace)
     assert MODEL2VEC in single_task_models(task, workspace)
@@ -67,6 +68,12 @@ def test_reference_stage_fits_offline_and_the_catalogue_scores_what_the_library_
     assert logits.argmax(axis=1).tolist() == predicted.tolist()
     np.testing.assert_allclose(np.exp(logits), library.predict_proba(texts, use_multiprocessing=False), atol=1e-6)
     assert accuracy_score(gold, predicted) >= 0.9  # the cue words are learnt: rows and labels are aligned
+    reference = Model2VecModel.load(task, folder)
+    head_rows: list[int] = []  # batch size bounds every call of the head, as in a deployment at that batch size
+    head = reference.pipeline.head.predict_proba
+    monkeypatch.setattr(reference.pipeline.head, "predict_proba", lambda x: head_rows.append(len(x)) or head(x))
+    np.testing.assert_array_equal(reference.logits(texts, None, 7), logits)
+    assert head_rows == [7, 7, 7, 7, 7, 5]
     loaded = model_source(MODEL2VEC, task, workspace).load(None)
     assert loaded.parameters["total"] > loaded.parameters["without_embeddings"] > 0
     assert loaded.token_counts(["the film is good"], None).tolist() == [4]

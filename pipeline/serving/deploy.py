@@ -125,8 +125,11 @@ class ExportedStudent:
                 f"expected {len(self.inputs)} token lists per row ({', '.join(self.inputs)}), got {len(ids)}"
             )
         rows = len(ids[0])
-        if rows == 1:  # one row: no sorting, padding or scattering (a third of a static student's call at batch 1)
-            return self._run_row([column[0][: self.max_length] for column in ids])
+        if rows and (rows == 1 or batch_size == 1):  # a row a call: no sorting, padding or scattering (a third of
+            # a static student's call at batch 1)
+            return np.concatenate(
+                [self._run_row([column[row][: self.max_length] for column in ids]) for row in range(rows)]
+            )
         lengths = np.array([[min(len(row), self.max_length) for row in column] for column in ids], dtype=np.int64)
         order = np.argsort(-lengths.max(axis=0), kind="stable")
         out: np.ndarray | None = None

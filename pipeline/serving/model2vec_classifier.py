@@ -69,14 +69,20 @@ class Model2VecModel:
 
     def logits(self, text_a: Sequence[str], text_b: Sequence[str] | None, batch_size: int) -> np.ndarray:
         """``[n, num_outputs]`` float32: class log-probabilities in class-index order (``ABSENT_CLASS_LOGIT`` for a
-        class train lacks), or the predicted score (regression); in one process, ``batch_size`` rows at a time."""
+        class train lacks), or the predicted score (regression); in one process, one library call (tokeniser,
+        pooling and head) per ``batch_size`` rows, as the students are run (the library's own ``batch_size`` batches
+        the pooling only and runs the head once over every row, which no batch-1 deployment does)."""
         texts = joined_texts(text_a, text_b)
-        options = {"batch_size": batch_size, "use_multiprocessing": False}
-        if self.task.is_regression:
-            return np.asarray(self.pipeline.predict(texts, **options), dtype=np.float32).reshape(len(texts), 1)
-        probabilities = self.pipeline.predict_proba(texts, **options)
         out = np.full((len(texts), self.task.num_outputs), ABSENT_CLASS_LOGIT, dtype=np.float32)
-        out[:, self.pipeline.classes_.astype(np.int64)] = np.log(np.maximum(probabilities, MIN_PROBABILITY))
+        options = {"batch_size": batch_size, "use_multiprocessing": False}
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            rows = slice(start, start + len(batch))
+            if self.task.is_regression:
+                out[rows] = np.asarray(self.pipeline.predict(batch, **options), dtype=np.float32).reshape(-1, 1)
+            else:
+                probabilities = self.pipeline.predict_proba(batch, **options)
+                out[rows, self.pipeline.classes_.astype(np.int64)] = np.log(np.maximum(probabilities, MIN_PROBABILITY))
         return out
 
     def token_counts(self, text_a: Sequence[str], text_b: Sequence[str] | None) -> np.ndarray:
