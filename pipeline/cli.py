@@ -301,7 +301,8 @@ def export(
             raise typer.Exit(1) from None
         for variant, entry in report["variants"].items():
             typer.echo(
-                f"{variant}: {entry['file_bytes'] / 1e6:.1f} MB, max |logit diff| vs PyTorch "
+                f"{variant}: {entry['file_bytes'] / 1e6:.1f} MB ({entry['deployable_bytes'] / 1e6:.1f} MB with the "
+                f"tokenizer), max |logit diff| vs PyTorch "
                 f"{entry['max_abs_logit_diff']:.2g}, dev {entry['dev']}"
             )
 

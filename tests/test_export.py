@@ -403,7 +403,7 @@ def test_fallback_table_is_one_channel_of_the_untrained_rows_in_four_bits(tmp_pa
     # the rows whose channels differ are kept whole; the 32 columns take one 4-bit block (128 does not divide them)
     assert vocabulary == {
         "rows": encoder.vocab_size, "kept": len(kept) + 2, "unseen_tokens": "fallback", "fallback_rows": fallback_rows,
-        "fallback_int8_bits": 4, "fallback_int8_block": 32,
+        "fallback_int8_bits": 4, "fallback_int8_block": 32, "int8_table_bits": 8,
     }  # fmt: skip
     fp32 = {init.name: numpy_helper.to_array(init) for init in onnx.load(folder / "model.onnx").graph.initializer}
     rest = np.setdiff1d(unseen, other_task)
@@ -482,6 +482,43 @@ def test_four_bit_tables_halve_the_int8_tables_and_stay_close(tmp_path, tiny_ber
     assert 0 < np.abs(logits - reference).max() < 0.1 * np.abs(reference).max()
     with pytest.raises(ExportError, match="table_block_size: 64 does not divide"):
         exported(tmp_path, model, encoder, "sst2", kept, "bad", table_bits=4, table_block_size=64)
+
+
+def test_int8_deployable_takes_coarser_tables_until_it_fits_max_deployable_mb(tmp_path, tiny_bert_dir, caplog):
+    model, encoder = build_student(tiny_bert_dir, ["sst2"], hidden_size=32, fc_hidden=32)
+    kept = vocabulary_ids(encoder, SEEN)
+    with torch.no_grad():
+        model.embedding.weight[kept] += 0.1 * torch.randn_like(model.embedding.weight[kept])
+
+    def deployable(folder: Path) -> int:
+        return sum((folder / name).stat().st_size for name in ("model-int8.onnx", "tokenizer.json"))
+
+    def bits(folder: Path) -> tuple[int, int]:
+        vocabulary = deploy.read_config(folder)["vocabulary"]
+        return vocabulary["int8_table_bits"], vocabulary["fallback_int8_bits"]
+
+    # without a budget, as set: each coarser setting is smaller
+    settings = {(8, 4): {}, (4, 4): {"table_bits": 4}, (4, 2): {"table_bits": 4, "fallback_bits": 2}}
+    free = {key: exported(tmp_path, model, encoder, "sst2", kept, f"free{i}", max_deployable_mb=None, **export)
+            for i, (key, export) in enumerate(settings.items())}  # fmt: skip
+    sizes = {key: deployable(folder) for key, folder in free.items()}
+    assert sizes[(8, 4)] > sizes[(4, 4)] > sizes[(4, 2)] and all(bits(free[key]) == key for key in free)
+    budgets = {  # MB -> the setting that must be chosen: the finest that fits, else the coarsest
+        (sizes[(8, 4)] + 1) / 1e6: (8, 4),
+        (sizes[(8, 4)] + sizes[(4, 4)]) / 2e6: (4, 4),
+        (sizes[(4, 4)] + sizes[(4, 2)]) / 2e6: (4, 2),
+        sizes[(4, 2)] / 2e6: (4, 2),
+    }
+    for i, (budget, expected) in enumerate(budgets.items()):
+        caplog.clear()
+        folder = exported(tmp_path, model, encoder, "sst2", kept, f"budget{i}", max_deployable_mb=budget)
+        assert bits(folder) == expected and deployable(folder) == sizes[expected]
+        assert ("over export.max_deployable_mb" in caplog.text) == (sizes[expected] > budget * 1e6)
+        np.testing.assert_array_equal(  # the same graph as exporting at those bits
+            deploy.ExportedStudent(folder).logits(SEEN + UNSEEN, batch_size=1),
+            deploy.ExportedStudent(free[expected]).logits(SEEN + UNSEEN, batch_size=1),
+        )
+    assert ExportParams().max_deployable_mb == 10
 
 
 @pytest.mark.parametrize("processor", ["template", "bert"])

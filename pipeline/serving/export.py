@@ -73,6 +73,7 @@ INT8_VARIANT = "int8"
 # The variant predict and serve load by default: the first of these the folder has.
 DEFAULT_VARIANTS = (INT8_VARIANT, FP32_VARIANT)
 TABLE_OP = "Gather"  # in export.int8_ops: quantise the embedding tables (export.table_bits)
+MEGABYTE = 1_000_000  # export.max_deployable_mb
 CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's operators (GatherBlockQuantized)
 WORD_SPLIT_MODELS = ("WordPiece", "WordLevel")  # tokenizer models whose ids can be collected word by word
 MODEL_FILES = {FP32_VARIANT: "model.onnx", INT8_VARIANT: "model-int8.onnx"}
@@ -446,11 +447,12 @@ def export_config(
 def write_variants(
     model: StudentModel, encoder: StudentEncoder, task: Task, folder: Path, params: ExportParams,
     kept: np.ndarray | None = None,
-) -> tuple[list[str], dict[str, str], np.ndarray | None, dict[str, Any]]:  # fmt: skip
-    """Write the fp32 ONNX model and the requested variants into ``folder`` (embedding tables cut to the rows
-    ``kept``, if given, the others read as ``params.unseen_tokens`` says); return input names, variant files, the
-    kept ids (with a fallback, also those whose rows differ between the tables, ``untrained_rows_differ``) and
-    config.json's ``vocabulary`` entries of the pruning."""
+) -> tuple[list[str], dict[str, str], np.ndarray | None, np.ndarray | None, dict[str, Any]]:  # fmt: skip
+    """Write the fp32 ONNX model, ``tokenizer.json`` and the requested variants into ``folder`` (embedding tables cut
+    to the rows ``kept``, if given, the others read as ``params.unseen_tokens`` says; the int8 variant within
+    ``export.max_deployable_mb``); return input names, variant files, the kept ids (with a fallback, also those whose
+    rows differ between the tables, ``untrained_rows_differ``), the tokenizer's old -> new id map and config.json's
+    ``vocabulary`` entries (the int8 tables' bits among them)."""
     files = dict.fromkeys([FP32_VARIANT], MODEL_FILES[FP32_VARIANT])
     inputs = export_onnx(model, encoder, task, folder / files[FP32_VARIANT], params.opset)
     fp32 = onnx.load(folder / files[FP32_VARIANT])
@@ -470,12 +472,12 @@ def write_variants(
         if fallback is not None and len(fallback):
             add_fallback(fp32, tables, len(kept), fallback)
         onnx.save(fp32, folder / files[FP32_VARIANT])
-        vocabulary = pruned_vocabulary(params, len(kept), None if fallback is None else fallback.shape)
+    new_ids = write_tokenizer(encoder, folder, kept, params)
     specialised = SPECIALISED_VARIANTS.get(model.architecture, {})
     for variant in params.variants:
         if variant == INT8_VARIANT:
             files[variant] = MODEL_FILES[variant]
-            quantize_int8(folder / files[FP32_VARIANT], folder / files[variant], params, tables)
+            params = quantize_int8_within(folder, files[FP32_VARIANT], files[variant], params, tables)
         elif variant in specialised:
             files[variant] = f"model-{variant}.onnx"
             graph = specialised[variant](model, task.name, params.opset)
@@ -484,7 +486,62 @@ def write_variants(
             onnx.save(graph, folder / files[variant])
         else:
             log.info("export variant %r is not available for architecture %r: skipped", variant, model.architecture)
-    return inputs, files, kept, vocabulary
+    if kept is not None:
+        vocabulary = pruned_vocabulary(params, len(kept), None if fallback is None else fallback.shape)
+    if INT8_VARIANT in files and TABLE_OP in params.int8_ops:
+        vocabulary["int8_table_bits"] = params.table_bits
+    return inputs, files, kept, new_ids, vocabulary
+
+
+def write_tokenizer(
+    encoder: StudentEncoder, folder: Path, kept: np.ndarray | None, params: ExportParams
+) -> np.ndarray | None:
+    """Write ``tokenizer.json`` (ids renumbered to the ``kept`` rows, if pruned); return the old -> new id map."""
+    tokenizer, _ = standalone_tokenizer(encoder)
+    if kept is None:
+        tokenizer.save(str(folder / TOKENIZER_FILE))
+        return None
+    new_ids = id_map(kept, encoder.vocab_size, encoder.unk_id, params.unseen_tokens == FALLBACK)
+    (folder / TOKENIZER_FILE).write_text(prune_tokenizer(tokenizer, new_ids), encoding="utf-8")
+    return new_ids
+
+
+def coarser_int8(params: ExportParams) -> list[ExportParams]:
+    """``params``, then each coarser int8 setting ``export.max_deployable_mb`` may fall back to, in order: 4-bit
+    kept tables, then a 2-bit fallback table."""
+    steps = [params]
+    if params.table_bits > 4:
+        steps.append(steps[-1].model_copy(update={"table_bits": 4}))
+    if params.fallback_bits > 2:
+        steps.append(steps[-1].model_copy(update={"fallback_bits": 2}))
+    return steps
+
+
+def quantize_int8_within(
+    folder: Path, source: str, target: str, params: ExportParams, tables: Sequence[str]
+) -> ExportParams:
+    """Write the int8 variant (``quantize_int8``) at the finest setting of ``coarser_int8`` whose deployable
+    (``target`` and ``tokenizer.json``) fits ``params.max_deployable_mb`` (the coarsest, with a warning, if none
+    does; ``params`` as set without a budget); return the setting used."""
+    steps = coarser_int8(params) if params.max_deployable_mb is not None else [params]
+    for step in steps:
+        quantize_int8(folder / source, folder / target, step, tables)
+        size = deployable_bytes(folder, target)
+        if params.max_deployable_mb is None or size <= params.max_deployable_mb * MEGABYTE:
+            break
+    else:
+        log.warning("%s: %.1f MB with its tokenizer even with %d-bit tables and a %d-bit fallback, over "
+                    "export.max_deployable_mb: %s", folder / target, size / MEGABYTE, step.table_bits,
+                    step.fallback_bits, params.max_deployable_mb)  # fmt: skip
+    if step is not params:
+        log.info("%s: %d-bit tables, %d-bit fallback to fit export.max_deployable_mb: %s (%.1f MB)", folder / target,
+                 step.table_bits, step.fallback_bits, params.max_deployable_mb, size / MEGABYTE)  # fmt: skip
+    return step
+
+
+def deployable_bytes(folder: Path, model_file: str) -> int:
+    """Bytes of a variant's deployable: its ONNX file and the tokenizer (config.json adds a few kilobytes)."""
+    return (folder / model_file).stat().st_size + (folder / TOKENIZER_FILE).stat().st_size
 
 
 def pruned_vocabulary(params: ExportParams, kept: int, fallback: tuple[int, ...] | None) -> dict[str, Any]:
@@ -515,14 +572,8 @@ def write_export(
     """Write the ONNX variants, ``tokenizer.json`` and ``config.json`` of ``task`` into an existing ``folder``;
     with ``kept`` (sorted token ids, ``vocabulary_ids``), only those rows of the embedding tables (the others as
     ``params.unseen_tokens`` says). Return the ids kept (``write_variants``)."""
-    inputs, files, kept, vocabulary = write_variants(model, encoder, task, folder, params, kept)
-    tokenizer, replace = standalone_tokenizer(encoder)
-    new_ids = None
-    if kept is None:
-        tokenizer.save(str(folder / TOKENIZER_FILE))
-    else:
-        new_ids = id_map(kept, encoder.vocab_size, encoder.unk_id, params.unseen_tokens == FALLBACK)
-        (folder / TOKENIZER_FILE).write_text(prune_tokenizer(tokenizer, new_ids), encoding="utf-8")
+    inputs, files, kept, new_ids, vocabulary = write_variants(model, encoder, task, folder, params, kept)
+    _, replace = standalone_tokenizer(encoder)
     config = export_config(task, encoder, inputs, replace, files, source, new_ids, vocabulary)
     write_json(config, folder / deploy.CONFIG_FILE)
     return kept
@@ -538,7 +589,10 @@ def check_variants(
     the unknown one, and with a fallback table (``export.unseen_tokens: fallback``, the tables kept to ``seen``: dev's
     other tokens read through it), as exported (``unseen_tokens``)."""
     config = deploy.read_config(folder)
-    variants = {variant: {"file_bytes": (folder / file).stat().st_size} for variant, file in config["models"].items()}
+    variants = {
+        variant: {"file_bytes": (folder / file).stat().st_size, "deployable_bytes": deployable_bytes(folder, file)}
+        for variant, file in config["models"].items()
+    }
     report: dict[str, Any] = {
         "default_variant": config["default_variant"], "vocabulary": config["vocabulary"],
         "folder_bytes": sum(path.stat().st_size for path in folder.iterdir() if path.is_file()),
