@@ -332,6 +332,8 @@ class EvaluateParams(_Section):
     speed_repeats: int = Field(default=3, gt=0)
     threads: int = Field(default=2, gt=0)
     top_confusions: int = Field(default=10, ge=0)  # most confused (gold, predicted) class pairs reported per model
+    # the pick: the fastest model of the quality-vs-speed frontier within this many dev points of the most accurate
+    pick_within: float = Field(default=1.0, ge=0)
 
 
 class TfidfParams(_Section):

@@ -1,5 +1,5 @@
-"""compare's data label, quality-vs-speed points and their PNG (the stage itself runs in
-tests/test_pipeline_pairs_e2e.py)."""
+"""compare's data label, quality-vs-speed points and their PNG, each task's pick and frontier in its tables (the stage
+itself runs in tests/test_pipeline_pairs_e2e.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import math
 
 import pytest
 
-from pipeline.stages.compare import data_comparison, plot_quality_vs_speed, quality_vs_speed
+from pipeline.data.tasks import get_task
+from pipeline.stages.compare import (
+    data_comparison,
+    markdown_report,
+    metrics_headline,
+    metrics_summary,
+    plot_quality_vs_speed,
+    quality_vs_speed,
+)
 
 
 def fake_summary() -> dict:
@@ -56,3 +64,44 @@ def test_data_label_names_the_rows_each_mkd_architecture_had_where_they_differ()
     )
     equal = {task: dict.fromkeys(counts, counts["student"]) for task, counts in rows.items()}
     assert data_comparison(equal).startswith("equal data:")
+
+
+def point(model: str, score: float, speed: float) -> dict:
+    return {"model": model, "score": score, "sentences_per_second": speed}
+
+
+def test_tables_end_with_each_tasks_pick_and_frontier_which_the_summary_keeps_and_the_headline_leaves_out():
+    summary = fake_summary()
+    models = summary["models"]
+    quality = {"sst2": {"accuracy": 0.9}, "stsb": {"pearson": 0.8, "spearman": 0.8}}
+    for task, report in summary["reports"].items():
+        report["quality"] = {"dev": dict.fromkeys(models, quality[task])}
+        report["parameters"] = dict.fromkeys(models, {"bytes": 1e6})
+        report["cpu_threads"] = 2
+    summary |= {
+        "comparison": "equal data",
+        "average_minus_single_teachers": dict.fromkeys(models, 0.0),
+        "average_minus_tang_students": dict.fromkeys(models, 0.0),
+        "speed_over_single_teacher": {model: {task: {"batch_1": 1.0, "batch_256": 1.0} for task in quality}
+                                      for model in models},
+        "frontier": {
+            "sst2": {"batch_size": 1, "pick_within": 1.0,
+                     "frontier": [point("teacher", 90.0, 80.0), point("student-int8", 89.25, 2000.0)],
+                     "pick": point("student-int8", 89.25, 2000.0)},
+            "stsb": {"batch_size": 1, "pick_within": 1.0,
+                     "frontier": [point("teacher", 88.0, 20.0), point("student-int8", 85.5, 500.0)],
+                     "pick": point("teacher", 88.0, 20.0)},
+        },
+    }  # fmt: skip
+    text = markdown_report(summary, [get_task("sst2"), get_task("stsb")])
+    assert text.endswith(
+        "Pick per task: the fastest model of the quality-vs-speed frontier (dev score, CPU sentences/s at batch 1) "
+        "within 1.00 points of the most accurate (`evaluate.pick_within`).\n\n"
+        "| task | pick | frontier, most accurate to fastest (dev score at CPU sentences/s) |\n|---|---|---|\n"
+        "| sst2 | Tang BiLSTM student (KD), ONNX int8 | teacher (single-task) 90.00 at 80.0/s, "
+        "Tang BiLSTM student (KD), ONNX int8 89.25 at 2,000.0/s |\n"
+        "| stsb | teacher (single-task) | teacher (single-task) 88.00 at 20.0/s, "
+        "Tang BiLSTM student (KD), ONNX int8 85.50 at 500.0/s |\n"
+    )
+    assert metrics_summary(summary)["frontier"] == summary["frontier"] and "reports" not in metrics_summary(summary)
+    assert set(metrics_headline(summary)) == {"teacher", "student"}  # dvc metrics: the averages only

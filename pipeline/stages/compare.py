@@ -1,7 +1,7 @@
 """Compare stage: every model of every task in one run — single-task and multi-task teachers, Tang et al.'s KD
 students, no-KD baselines, the reference models (TF-IDF, model2vec) and the MKD students — with each task's metrics,
 the GLUE-convention average (mean over tasks of each task's score: CoLA's MCC, the mean of the other tasks' metrics),
-parameter counts and CPU throughput."""
+parameter counts and CPU throughput, and per task the quality-vs-speed frontier with the model to pick."""
 
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.io import atomic_path
-from pipeline.data.metrics import task_score
 from pipeline.data.prepared import dev_splits
 from pipeline.data.tasks import Task, resolve_task
 from pipeline.params import Params
 from pipeline.serving.catalogue import JOINT_SUFFIX, MKD_PREFIX, ModelSource, multi_task_models, single_task_models
-from pipeline.stages.evaluate import evaluate_models
+from pipeline.stages.evaluate import dev_score, evaluate_models, frontier_text, pick_text, smallest_batch_size
 from pipeline.students.architectures import read_student_config
 
 REFERENCE_TEACHER = "teacher"
@@ -46,11 +45,6 @@ def display_name(model: str) -> str:
     return f"MKD {name}"
 
 
-def dev_score(task: Task, report: dict[str, Any], model: str) -> float:
-    """``model``'s GLUE-convention score on a task (x100): ``task_score`` (CoLA: MCC alone), mean over dev splits."""
-    return 100 * statistics.fmean(task_score(task, report["quality"][split][model]) for split in task.dev_splits)
-
-
 def transfer_rows(task: Task, sources: dict[str, ModelSource]) -> dict[str, int]:
     """The transfer rows of ``task`` each distilled student (Tang's, every MKD model; not the exported copies) trained
     on, from its saved training summary."""
@@ -78,8 +72,8 @@ def data_comparison(rows: dict[str, dict[str, int]]) -> str:
 
 
 def compare(params: Params) -> dict[str, Any]:
-    """Evaluate every model on every task's dev split(s); summarise scores, averages, sizes, speed ratios and
-    whether the distilled students had the same data."""
+    """Evaluate every model on every task's dev split(s); summarise scores, averages, sizes, speed ratios, whether
+    the distilled students had the same data, and each task's quality-vs-speed frontier and pick (``frontier``)."""
     tasks = [resolve_task(name, params) for name in params.tasks]
     sources = {task.name: {**single_task_models(task, params), **multi_task_models(task, params)} for task in tasks}
     reports = {task.name: evaluate_models(task, params, sources[task.name], dev_splits(task)) for task in tasks}
@@ -107,6 +101,7 @@ def compare(params: Params) -> dict[str, Any]:
         "average_minus_single_teachers": {model: average[model] - average[REFERENCE_TEACHER] for model in models},
         "average_minus_tang_students": {model: average[model] - average[REFERENCE_STUDENT] for model in models},
         "speed_over_single_teacher": speed_ratios,
+        "frontier": {task: report["frontier"] for task, report in reports.items()},
         "reports": reports,
     }
 
@@ -128,7 +123,7 @@ def quality_vs_speed(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """One point per model and exported variant: its average over the tasks (x100) and its CPU sentences/s at the
     smallest measured batch size (batch 1 by default; geometric mean over the tasks' dev sets): the compare plot."""
     reports = list(summary["reports"].values())
-    batch_size = min(int(key.removeprefix("batch_")) for key in reports[0]["cpu_sentences_per_second"])
+    batch_size = smallest_batch_size(reports[0])
     points = []
     for model in summary["models"]:
         rates = [report["cpu_sentences_per_second"][f"batch_{batch_size}"][model]["median"] for report in reports]
@@ -171,8 +166,8 @@ def _metric_header(task: Task) -> str:
 
 
 def markdown_report(summary: dict[str, Any], tasks: list[Task]) -> str:
-    """Which comparison it is (equal data or not), then two Markdown tables: dev quality per task (``tasks``, as in
-    the summary) with the average, and size and CPU speed."""
+    """Which comparison it is (equal data or not), then three Markdown tables: dev quality per task (``tasks``, as in
+    the summary) with the average, size and CPU speed, and each task's pick with its quality-vs-speed frontier."""
     reports = summary["reports"]
     header = ["model", *[_metric_header(task) for task in tasks], "average", "vs Tang students", "vs teachers"]
     lines = [f"Comparison: {summary['comparison']}.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -209,4 +204,11 @@ def markdown_report(summary: dict[str, Any], tasks: list[Task]) -> str:
         cells.append(f"{sizes['bytes'] / 1e6:.1f}")
         cells += [f"{speed[key][model]['median']:.1f}" for key in keys] + [f"{ratios[key]:.1f}x" for key in keys]
         lines.append("| " + " | ".join(cells) + " |")
+
+    fronts = summary["frontier"]
+    lines += ["", f"Pick per task: {pick_text(fronts[tasks[0].name])}.", ""]
+    lines += ["| task | pick | frontier, most accurate to fastest (dev score at CPU sentences/s) |", "|---|---|---|"]
+    for task in tasks:
+        front = fronts[task.name]
+        lines.append(f"| {task.name} | {display_name(front['pick']['model'])} | {frontier_text(front, display_name)} |")
     return "\n".join(lines) + "\n"

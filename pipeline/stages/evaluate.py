@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 
 from pipeline.data.files import read_labelled_file
 from pipeline.data.glue import read_glue_tsv
-from pipeline.data.metrics import class_report, compute_metrics
+from pipeline.data.metrics import class_report, compute_metrics, task_score
 from pipeline.data.schema import table_texts
 from pipeline.data.tasks import Task
 from pipeline.params import Params
@@ -100,7 +100,7 @@ def evaluate_models(
             )  # fmt: skip
             for size in params.evaluate.speed_batch_sizes
         }
-    return {
+    report = {
         "task": task.name,
         "models": list(models),
         "quality": quality,
@@ -111,6 +111,46 @@ def evaluate_models(
         "speed_examples": speed_table.num_rows,
         "speed_repeats": params.evaluate.speed_repeats,
     }
+    return report | {"frontier": frontier(task, report, params.evaluate.pick_within)}
+
+
+def dev_score(task: Task, report: dict[str, Any], model: str) -> float:
+    """``model``'s GLUE-convention score on a task (x100): ``task_score`` (CoLA: MCC alone), mean over the report's
+    dev splits (a report of another file, ``evaluate --data``: that file's)."""
+    quality = report["quality"]
+    splits = [split for split in task.dev_splits if split in quality] or [next(iter(quality))]
+    return 100 * statistics.fmean(task_score(task, quality[split][model]) for split in splits)
+
+
+def smallest_batch_size(report: dict[str, Any]) -> int:
+    """The smallest batch size a report timed (1 by default)."""
+    return min(int(key.removeprefix("batch_")) for key in report["cpu_sentences_per_second"])
+
+
+def frontier(task: Task, report: dict[str, Any], within: float) -> dict[str, Any]:
+    """The quality-vs-speed frontier of one task's report at its smallest timed batch size (batch 1 by default): the
+    models that no other model beats on both the dev score (``dev_score``) and the median sentences/s, from the most
+    accurate to the fastest, and the pick: the fastest of them whose score is within ``within`` points of the most
+    accurate one's (differences rounded to 1e-9, so a gap of exactly ``within`` counts as within).
+
+    A model is beaten by one at least as good on both and better on one; of models equal on both, the first in the
+    report's model order stays. So along the frontier the score falls and the speed rises, both strictly."""
+    batch_size = smallest_batch_size(report)
+    rates = report["cpu_sentences_per_second"][f"batch_{batch_size}"]
+    points = [
+        {"model": model, "score": dev_score(task, report, model), "sentences_per_second": rates[model]["median"]}
+        for model in report["models"]
+    ]
+    # most accurate first, then fastest, then report order (sorted is stable): a point is on the frontier when it is
+    # faster than every point before it, each of which is at least as accurate
+    points.sort(key=lambda point: (-point["score"], -point["sentences_per_second"]))
+    kept: list[dict[str, Any]] = []
+    for point in points:
+        if not kept or point["sentences_per_second"] > kept[-1]["sentences_per_second"]:
+            kept.append(point)
+    best = kept[0]["score"]
+    pick = [point for point in kept if round(best - point["score"], 9) <= within][-1]
+    return {"batch_size": batch_size, "pick_within": within, "frontier": kept, "pick": pick}
 
 
 def ratios(report: dict[str, Any], model: str, reference: str) -> dict[str, float]:
@@ -165,8 +205,26 @@ def headline(task: Task, report: dict[str, Any]) -> dict[str, Any]:
     return {**primary, "kd_gain": primary["student"] - primary["baseline"], "student_speedup": speedup}
 
 
+def frontier_text(front: dict[str, Any], name: Callable[[str], str] = str) -> str:
+    """A ``frontier`` result in words: each model (``name`` of its key) with its dev score and sentences/s, from the
+    most accurate to the fastest."""
+    return ", ".join(
+        f"{name(point['model'])} {point['score']:.2f} at {point['sentences_per_second']:,.1f}/s"
+        for point in front["frontier"]
+    )
+
+
+def pick_text(front: dict[str, Any]) -> str:
+    """What a ``frontier`` result's pick means, in words."""
+    return (
+        "the fastest model of the quality-vs-speed frontier (dev score, CPU sentences/s at batch "
+        f"{front['batch_size']}) within {front['pick_within']:.2f} points of the most accurate (`evaluate.pick_within`)"
+    )
+
+
 def markdown_table(report: dict[str, Any]) -> str:
-    """A Markdown summary: one row per model, metric columns per split, size and speed columns."""
+    """A Markdown summary: one row per model, metric columns per split, size and speed columns; then the speed-ups,
+    the quality-vs-speed frontier with its pick, and (classification) the student's most confused classes."""
     splits = list(report["quality"])
     metric_names = list(next(iter(report["quality"][splits[0]].values())))
     speed_keys = list(report["cpu_sentences_per_second"])
@@ -194,6 +252,9 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"Teacher/student parameters: {student['parameters_total']:.1f}x "
         f"({student['parameters_without_embeddings']:.1f}x without embedding tables, the paper's count). "
         f"CPU speed over the teacher, {speeds}.",
+        "",
+        f"Pick: **{report['frontier']['pick']['model']}**, {pick_text(report['frontier'])}. The frontier (the models "
+        f"no other beats on both), most accurate to fastest: {frontier_text(report['frontier'])}.",
     ]
     if "classes" in report:
         split = splits[0]
