@@ -528,14 +528,14 @@ def quantize_int8_within(
         quantize_int8(folder / source, folder / target, step, tables)
         size = deployable_bytes(folder, target)
         if params.max_deployable_mb is None or size <= params.max_deployable_mb * MEGABYTE:
-            break
-    else:
-        log.warning("%s: %.1f MB with its tokenizer even with %d-bit tables and a %d-bit fallback, over "
-                    "export.max_deployable_mb: %s", folder / target, size / MEGABYTE, step.table_bits,
-                    step.fallback_bits, params.max_deployable_mb)  # fmt: skip
-    if step is not params:
-        log.info("%s: %d-bit tables, %d-bit fallback to fit export.max_deployable_mb: %s (%.1f MB)", folder / target,
-                 step.table_bits, step.fallback_bits, params.max_deployable_mb, size / MEGABYTE)  # fmt: skip
+            if step is not params:
+                log.info("%s: %d-bit tables, %d-bit fallback to fit export.max_deployable_mb: %s (%.1f MB)",
+                         folder / target, step.table_bits, step.fallback_bits, params.max_deployable_mb,
+                         size / MEGABYTE)  # fmt: skip
+            return step
+    log.warning("%s: %.1f MB with its tokenizer even with %d-bit tables and a %d-bit fallback, over "
+                "export.max_deployable_mb: %s", folder / target, size / MEGABYTE, step.table_bits, step.fallback_bits,
+                params.max_deployable_mb)  # fmt: skip
     return step
 
 
