@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -164,31 +164,68 @@ def tfidf_outputs(project: Path, data: Rows) -> np.ndarray:
     return one_hot(model.fit(features, train.labels).predict(rows))
 
 
+def exported_tokens(config: dict[str, Any], tokenizer: Tokenizer, data: Rows) -> list[list[list[int]]]:
+    """Token ids per model input of an exported folder (``ids[k][row]``), as its ``config.json`` describes them: each
+    text with the ``replace`` substitutions made and tokenized by ``tokenizer`` without special tokens, then
+
+    - ``"encoding": "separate"`` (LSTM and static students): one list per text column (``inputs``, e.g. ``a`` and
+      ``b``), an empty one the unknown token ``unk_id``, cut to ``max_length``;
+    - ``"encoding": "joint"`` (Transformer students): inputs ``ids``, ``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]``
+      cut to ``max_length`` tokens longest-first (``joint_sequence``), and ``type_ids``, its segment ids."""
+
+    def pieces(text: str) -> list[int]:
+        for old, new in config["replace"].items():
+            text = text.replace(old, new)
+        return tokenizer.encode(text, add_special_tokens=False).ids
+
+    columns = [[pieces(text) for text in column] for column in data.columns()]
+    if config["encoding"] == "separate":
+        assert len(columns) == len(config["inputs"]), (config["inputs"], len(columns))
+        return [[(ids or [config["unk_id"]])[: config["max_length"]] for ids in column] for column in columns]
+    assert config["encoding"] == "joint" and config["inputs"] == ["ids", "type_ids"], config
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    assert cls is not None and sep is not None, "a joint encoding's tokenizer has [CLS] and [SEP]"
+    rows = [joint_sequence(texts, config["max_length"], cls, sep) for texts in zip(*columns, strict=True)]
+    return [[ids for ids, _ in rows], [type_ids for _, type_ids in rows]]
+
+
+def joint_sequence(texts: Sequence[list[int]], max_length: int, cls: int, sep: int) -> tuple[list[int], list[int]]:
+    """``[CLS] a [SEP]`` (one text) or ``[CLS] a [SEP] b [SEP]`` (two) and its segment ids (0 up to the first
+    ``[SEP]``, then 1), at most ``max_length`` tokens, cut as the ``tokenizers`` library's ``longest_first`` truncation
+    cuts (the PyTorch Transformer student's Hugging Face tokenizer): a text loses tokens from its end; of a pair over
+    the room the special tokens leave, the shorter text (the first on a tie) keeps at most half of it (rounded down)
+    and the longer text the rest."""
+    room = max_length - 1 - len(texts)
+    lengths = [len(text) for text in texts]
+    if sum(lengths) > room:
+        if len(texts) == 1:
+            lengths = [room]
+        else:
+            short = min(*lengths, room // 2)
+            lengths = [room - short, short] if lengths[0] > lengths[1] else [short, room - short]
+    ids, type_ids = [cls], [0]
+    for segment, (text, length) in enumerate(zip(texts, lengths, strict=True)):
+        ids += [*text[:length], sep]
+        type_ids += [segment] * (length + 1)
+    return ids, type_ids
+
+
 def exported_outputs(folder: Path, variant: str, data: Rows, batch_size: int) -> np.ndarray:
     """Logits of one variant of an exported student folder, run as its ``config.json`` describes it, with the
-    ``tokenizers`` library and onnxruntime alone: each text with the ``replace`` substitutions made, tokenized by
-    ``tokenizer.json`` without special tokens (no tokens: the unknown token ``unk_id``) and cut to ``max_length``; one
-    token list per text column (``inputs``), fed with its lengths (``<input>_lengths``, where the graph reads them).
+    ``tokenizers`` library and onnxruntime alone: the token ids of ``exported_tokens``, fed per input with their
+    lengths (``<input>_lengths``, where the graph reads them).
 
-    Rows are batched as onnxruntime runs them in evaluate and export, ``batch_size`` at a time in order of length,
-    longest first, right-padded with ``pad_ids``: an int8 graph quantises its activations per batch (one range for
-    the whole tensor, padding included), so another batching may move an int8 logit (fp32 only by float noise)."""
+    Rows are batched as onnxruntime runs them in evaluate, compare and export, ``batch_size`` at a time in order of
+    length, longest first, right-padded with ``pad_ids``: an int8 graph quantises its activations per batch (one
+    range for the whole tensor, padding included), so another batching may move an int8 logit (fp32 only by float
+    noise)."""
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    assert config["encoding"] == "separate", config["encoding"]  # the LSTM and static students' layout
     tokenizer = Tokenizer.from_file(str(folder / config["tokenizer"]))
     tokenizer.no_truncation()
     tokenizer.no_padding()
     session = ort.InferenceSession(str(folder / config["models"][variant]), providers=["CPUExecutionProvider"])
     graph_inputs = {node.name for node in session.get_inputs()}
-
-    def ids(text: str) -> list[int]:
-        for old, new in config["replace"].items():
-            text = text.replace(old, new)
-        return (tokenizer.encode(text, add_special_tokens=False).ids or [config["unk_id"]])[: config["max_length"]]
-
-    columns = data.columns()
-    assert len(columns) == len(config["inputs"]), (config["inputs"], len(columns))
-    tokens = [[ids(text) for text in column] for column in columns]
+    tokens = exported_tokens(config, tokenizer, data)
     longest = np.max([[len(row) for row in column] for column in tokens], axis=0)
     order = sorted(range(len(data)), key=lambda row: -longest[row])  # stable: ties keep their order
     out = np.zeros((len(data), 1 if config["labels"] is None else len(config["labels"])), dtype=np.float32)
@@ -205,71 +242,102 @@ def exported_outputs(folder: Path, variant: str, data: Rows, batch_size: int) ->
     return out
 
 
-# The exported students: model-name prefix -> (folder, the export stage's check report, the PyTorch model exported),
-# relative to the project, under the task's name.
+class Export(NamedTuple):
+    """An exported student, as paths under the project with ``{task}`` to fill in: its folder, the export stage's
+    check report (``by_task``: a report of several tasks, keyed by task) and the PyTorch model exported (its name in
+    ``model_dirs``)."""
+
+    folder: str
+    report: str
+    model: str
+    by_task: bool = False
+
+
+# The exported students of every project (model-name prefix -> Export) ...
 EXPORTS = {
-    "student-": ("models/export/{task}", "metrics/export/{task}.json", "models/student/{task}"),
-    "static-": ("models/export/static/{task}", "metrics/export/static/{task}.json", "models/static/{task}"),
+    "student-": Export("models/export/{task}", "metrics/export/{task}.json", "student"),
+    "static-": Export("models/export/static/{task}", "metrics/export/static/{task}.json", "static"),
 }
+# ... and of a multi-task project, each MKD student's: export_mkd exports the model each task uses (fine-tuned, else
+# the joint one; ``model_dirs``'s ``mkd_<architecture>``) and writes one report per architecture.
+MKD_EXPORTS = {
+    f"mkd_{architecture}-": Export(
+        f"models/export/mkd/{architecture}/{{task}}", f"metrics/export/mkd/{architecture}.json", f"mkd_{architecture}",
+        by_task=True,
+    )
+    for architecture in MKD_ARCHITECTURES
+}  # fmt: skip
 # A static student's folder may run row by row: pipeline.serving.deploy's numpy runtime for it quantises each row's
 # activations alone, as onnxruntime does a batch of one row (its onnxruntime path: padded batches as the others).
 ROW_BY_ROW = ("static-",)
 LOGIT_TOLERANCE = 1e-5  # float noise between two fp32 runs of the same batches (seen: 2.4e-7)
 
 
-def exported_variants(project: Path, task: str) -> dict[str, tuple[Path, str]]:
-    """Model name (``student-onnx``, ``static-int8``, ...) -> (folder, variant) of every exported variant on disk."""
+def exports(multi_task: bool = False) -> dict[str, Export]:
+    """The exported students (``EXPORTS``), with ``multi_task`` also the MKD students' (``MKD_EXPORTS``)."""
+    return EXPORTS | MKD_EXPORTS if multi_task else EXPORTS
+
+
+def exported_variants(project: Path, task: str, multi_task: bool = False) -> dict[str, tuple[Path, str]]:
+    """Model name (``student-onnx``, ``static-int8``, ``mkd_transformer-int8``, ...) -> (folder, variant) of every
+    exported variant on disk (``exports``)."""
     out = {}
-    for prefix, (folder, _, _) in EXPORTS.items():
-        path = project / folder.format(task=task)
+    for prefix, export in exports(multi_task).items():
+        path = project / export.folder.format(task=task)
         for variant in json.loads((path / "config.json").read_text(encoding="utf-8"))["models"]:
             out[prefix + variant] = (path, variant)
     return out
 
 
-def exported_runs(project: Path, data: Rows, batch_size: int) -> dict[str, list[np.ndarray]]:
+def exported_runs(project: Path, data: Rows, batch_size: int, multi_task: bool = False) -> dict[str, list[np.ndarray]]:
     """Model name -> the outputs on ``data`` of every exported variant, each way the pipeline may run it: in padded
     batches of ``batch_size``, and for a static student's folder also row by row (``ROW_BY_ROW``). An int8 logit can
     differ between the two (per-batch activation ranges), so a reported number is compared with the same batching,
     not with a tolerance wide enough to hide a row."""
     out = {}
-    for name, (folder, variant) in exported_variants(project, data.task).items():
+    for name, (folder, variant) in exported_variants(project, data.task, multi_task).items():
         batchings = [batch_size, 1] if name.startswith(ROW_BY_ROW) and batch_size > 1 else [batch_size]
         out[name] = [exported_outputs(folder, variant, data, size) for size in batchings]
     return out
 
 
 def recompute_exported(
-    project: Path, data: Rows, batch_size: int, discerning: bool = True
+    project: Path, data: Rows, batch_size: int, discerning: bool = True, multi_task: bool = False
 ) -> dict[str, list[dict[str, float]]]:
     """Model name -> the metrics on ``data`` of each run of ``exported_runs``; with ``discerning`` the KD student's
     variants must also tell rows apart (see ``recompute``)."""
     out = {}
-    for name, runs in exported_runs(project, data, batch_size).items():
+    for name, runs in exported_runs(project, data, batch_size, multi_task).items():
         out[name] = [task_metrics(data.task, outputs, data.labels, data.metrics) for outputs in runs]
         if discerning and name.startswith("student-"):
             assert_discerning(name, data, runs[0], out[name][0])
     return out
 
 
-def recompute_logit_diffs(project: Path, data: Rows, batch_size: int) -> dict[str, list[float]]:
+def recompute_logit_diffs(
+    project: Path, data: Rows, batch_size: int, multi_task: bool = False
+) -> dict[str, list[float]]:
     """Model name -> the largest absolute difference on ``data`` between each run of ``exported_runs`` and the logits
     of the PyTorch model it was exported from (``student_outputs``): what export reports as ``max_abs_logit_diff``,
     which on tiny data tells an int8 variant's outputs apart where its metrics cannot."""
+    models = model_dirs(project, data.task, multi_task=True)
+    references = {
+        prefix: student_outputs(models[export.model][1], data) for prefix, export in exports(multi_task).items()
+    }
     out = {}
-    for name, runs in exported_runs(project, data, batch_size).items():
-        prefix = next(prefix for prefix in EXPORTS if name.startswith(prefix))
-        reference = student_outputs(project / EXPORTS[prefix][2].format(task=data.task), data)
+    for name, runs in exported_runs(project, data, batch_size, multi_task).items():
+        reference = next(outputs for prefix, outputs in references.items() if name.startswith(prefix))
         out[name] = [float(np.abs(outputs - reference).max()) for outputs in runs]
     return out
 
 
-def export_reported(project: Path, task: str, split: str, key: str = "dev") -> dict[str, Any]:
-    """Model name -> what the export stage wrote for each exported variant: ``key`` ``dev``: its metrics on ``split``;
-    else that entry (``max_abs_logit_diff``, over the dev splits)."""
+def export_reported(project: Path, task: str, split: str, key: str = "dev", multi_task: bool = False) -> dict[str, Any]:
+    """Model name -> what the export stages wrote for each exported variant (``exports``): ``key`` ``dev``: its
+    metrics on ``split``; else that entry (``max_abs_logit_diff``, over the dev splits)."""
     out = {}
-    for prefix, (_, report, _) in EXPORTS.items():
-        variants = json.loads((project / report.format(task=task)).read_text(encoding="utf-8"))["variants"]
+    for prefix, export in exports(multi_task).items():
+        report = json.loads((project / export.report.format(task=task)).read_text(encoding="utf-8"))
+        variants = (report[task] if export.by_task else report)["variants"]
         out |= {
             prefix + variant: entry["dev"][split] if key == "dev" else entry[key] for variant, entry in variants.items()
         }
@@ -277,25 +345,28 @@ def export_reported(project: Path, task: str, split: str, key: str = "dev") -> d
 
 
 def assert_exports_match(
-    project: Path, data: Rows, split: str, quality: dict[str, Any], what: str, discerning: bool = True
-) -> None:
-    """The exported variants run from their folders (``exported_runs``) give the metrics evaluate reported on
-    ``data``, the task's ``split`` (``quality``: metrics/report/<task>.json's entry), batched as evaluate batches them
-    (teacher.eval_batch_size); on dev, also the metrics and largest logit difference from the PyTorch model that
-    export reported, batched as export batches them (export.check_batch_size)."""
+    project: Path, data: Rows, split: str, quality: dict[str, Any], what: str, discerning: bool = True,
+    multi_task: bool = False,
+) -> None:  # fmt: skip
+    """The exported variants run from their folders (``exported_runs``; with ``multi_task`` the MKD students' too)
+    give the metrics ``quality`` reports on ``data``, the task's ``split`` (metrics/report/<task>.json's entry, or
+    compare's), batched as evaluate and compare batch them (teacher.eval_batch_size); on dev, also the metrics and
+    largest logit difference from the PyTorch model that the export stages reported, batched as they batch them
+    (export.check_batch_size)."""
     params = project_params(project)
-    variants = recompute_exported(project, data, params["teacher"]["eval_batch_size"], discerning)
-    assert {"student-onnx", "student-int8", "static-onnx", "static-int8"} <= set(variants)
+    variants = recompute_exported(project, data, params["teacher"]["eval_batch_size"], discerning, multi_task)
+    students = ["student", "static", *(f"mkd_{architecture}" for architecture in MKD_ARCHITECTURES if multi_task)]
+    assert {f"{student}-{variant}" for student in students for variant in ("onnx", "int8")} <= set(variants), variants
     assert_one_of(quality, variants, f"{what}, exported variants")
-    if split != "dev":  # export checks the variants on dev only
+    if split != "dev":  # the export stages check the variants on dev only
         return
-    size, exports = params["export"]["check_batch_size"], f"metrics/export/**/{data.task}.json"
-    exported = recompute_exported(project, data, size, discerning)
-    assert_one_of(export_reported(project, data.task, split), exported, exports)
+    size, reports = params["export"]["check_batch_size"], f"metrics/export/**/*.json ({data.task})"
+    exported = recompute_exported(project, data, size, discerning, multi_task)
+    assert_one_of(export_reported(project, data.task, split, multi_task=multi_task), exported, reports)
     assert_one_of(
-        export_reported(project, data.task, split, "max_abs_logit_diff"),
-        recompute_logit_diffs(project, data, size),
-        f"{exports} max_abs_logit_diff",
+        export_reported(project, data.task, split, "max_abs_logit_diff", multi_task),
+        recompute_logit_diffs(project, data, size, multi_task),
+        f"{reports} max_abs_logit_diff",
         LOGIT_TOLERANCE,
     )
 

@@ -14,7 +14,17 @@ import yaml
 from pipeline.data.tasks import get_task
 from tests.conftest import LEARNING, MULTITASK, copy_project, init_project, tiny_params
 from tests.glue_fixtures import write_glue
-from tests.recompute import TOLERANCE, Dev, assert_same_metrics, recompute
+from tests.recompute import (
+    LOGIT_TOLERANCE,
+    TOLERANCE,
+    Dev,
+    Rows,
+    assert_exports_match,
+    assert_same_metrics,
+    project_params,
+    recompute,
+    recompute_logit_diffs,
+)
 from tests.test_pipeline_e2e import dvc, stages_run, stale_stages, up_to_date
 
 pytestmark = pytest.mark.e2e  # dvc repro of every stage on several tasks in a tmp project
@@ -173,6 +183,15 @@ def test_repro_runs_every_stage_of_every_task(project):
         single = {model: expected[model] for model in ("teacher", "student", "baseline")}
         assert_same_metrics(report["quality"]["dev"], single, f"metrics/report/{task}.json dev")
         assert_same_metrics(reports[task]["quality"]["dev"], expected, f"metrics/comparison_reports.json {task} dev")
+        # Every exported variant (the Tang, static and MKD students', each MKD student's as its task uses it) run from
+        # its folder by tokenizers and onnxruntime alone (the Transformer's as one sequence with segment ids, built
+        # from its config.json): the metrics compare reports, batched as compare batches them, and the metrics and
+        # largest logit difference from the PyTorch student that export, export_static and export_mkd report.
+        folders = {s: project / "models" / "export" / "mkd" / s / task for s in MKD_STUDENTS}
+        encodings = {s: json.loads((folder / "config.json").read_text())["encoding"] for s, folder in folders.items()}
+        assert encodings == {"bilstm": "separate", "biattentive": "separate", "transformer": "joint"}
+        quality, what = reports[task]["quality"]["dev"], f"metrics/comparison_reports.json {task} dev"
+        assert_exports_match(project, dev, "dev", quality, what, multi_task=True)
         for model, metrics in expected.items():  # the GLUE-convention score: CoLA's MCC, else the metrics' mean
             counted = [metrics["mcc"]] if "mcc" in metrics else list(metrics.values())
             score = 100 * sum(counted) / len(counted)
@@ -188,6 +207,26 @@ def test_repro_runs_every_stage_of_every_task(project):
     assert {"teacher", "student", "baseline", "kd_gain", "mkd_biattentive", "dev.stsb"} <= columns
     # headline numbers only: the columns of `dvc metrics show` stay few (every training run, task and the comparison)
     assert len(columns) <= 20, sorted(columns)
+
+
+def test_exports_truncate_long_rows_as_the_pytorch_students(project):
+    """Pairs longer than every student's max_length, each side in turn the longer, the shorter and tied (the
+    Transformer's ``[CLS] a [SEP] b [SEP]`` cut longest-first to 32 tokens, the LSTMs' texts each to 16): the fp32
+    variants run by tests/recompute.py give their PyTorch students' logits up to float noise (1e-5; seen: 2.4e-7, a
+    token moved from one side of a tie to the other: 1e-4), so its encodings cut as the students do."""
+    repeats = [(1, 16), (16, 1), (10, 10), (6, 12), (12, 6), (4, 14)]  # (10, 10) of one text: a tie
+    for task in ("qqp", "stsb"):
+        dev = Dev.of_project(project, task)
+        texts = zip(dev.text_a, dev.text_b, repeats * 3)
+        pairs = [(" ".join([a] * m), " ".join([a if m == n else b] * n)) for a, b, (m, n) in texts]
+        text_a, text_b = [a for a, _ in pairs], [b for _, b in pairs]
+        assert all(len(a.split()) + len(b.split()) > 32 for a, b in zip(text_a, text_b))  # at least one token a word
+        long = Rows(task, text_a, text_b, dev.labels, dev.metrics)
+        batch_size = project_params(project)["export"]["check_batch_size"]
+        diffs = recompute_logit_diffs(project, long, batch_size, multi_task=True)
+        fp32 = {name: runs[0] for name, runs in diffs.items() if name.endswith(("-onnx", "-table"))}
+        assert {f"mkd_{s}-onnx" for s in MKD_STUDENTS} <= set(fp32)
+        assert all(diff <= LOGIT_TOLERANCE for diff in fp32.values()), (task, fp32)
 
 
 def test_mkd_param_reruns_nothing_single_task(project):
