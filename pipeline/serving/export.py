@@ -458,11 +458,11 @@ def write_variants(
     fp32 = onnx.load(folder / files[FP32_VARIANT])
     tables = embedding_tables(fp32, encoder.vocab_size)
     vocabulary: dict[str, Any] = {}
+    fallback: np.ndarray | None = None  # the rows of the fallback table (export.unseen_tokens: fallback)
     order = kept  # the rows of the tables in the tokenizer's new order (the specialised variants' tables too)
     if kept is not None:
         if not tables:
             raise ExportError(f"vocabulary pruning: no embedding table of {encoder.vocab_size} rows read by a Gather")
-        fallback = None
         if params.unseen_tokens == FALLBACK:
             kept = np.union1d(kept, untrained_rows_differ(fp32, tables, kept))
             unseen = unseen_ids(kept, encoder.vocab_size)
@@ -477,7 +477,8 @@ def write_variants(
     for variant in params.variants:
         if variant == INT8_VARIANT:
             files[variant] = MODEL_FILES[variant]
-            params = quantize_int8_within(folder, files[FP32_VARIANT], files[variant], params, tables)
+            has_fallback = fallback is not None and len(fallback) > 0
+            params = quantize_int8_within(folder, files[FP32_VARIANT], files[variant], params, tables, has_fallback)
         elif variant in specialised:
             files[variant] = f"model-{variant}.onnx"
             graph = specialised[variant](model, task.name, params.opset)
@@ -506,24 +507,24 @@ def write_tokenizer(
     return new_ids
 
 
-def coarser_int8(params: ExportParams) -> list[ExportParams]:
+def coarser_int8(params: ExportParams, has_fallback: bool) -> list[ExportParams]:
     """``params``, then each coarser int8 setting ``export.max_deployable_mb`` may fall back to, in order: 4-bit
-    kept tables, then a 2-bit fallback table."""
+    kept tables, then (if the model has a fallback table) a 2-bit fallback table."""
     steps = [params]
     if params.table_bits > 4:
         steps.append(steps[-1].model_copy(update={"table_bits": 4}))
-    if params.fallback_bits > 2:
+    if has_fallback and params.fallback_bits > 2:
         steps.append(steps[-1].model_copy(update={"fallback_bits": 2}))
     return steps
 
 
 def quantize_int8_within(
-    folder: Path, source: str, target: str, params: ExportParams, tables: Sequence[str]
+    folder: Path, source: str, target: str, params: ExportParams, tables: Sequence[str], has_fallback: bool
 ) -> ExportParams:
     """Write the int8 variant (``quantize_int8``) at the finest setting of ``coarser_int8`` whose deployable
     (``target`` and ``tokenizer.json``) fits ``params.max_deployable_mb`` (the coarsest, with a warning, if none
     does; ``params`` as set without a budget); return the setting used."""
-    steps = coarser_int8(params) if params.max_deployable_mb is not None else [params]
+    steps = coarser_int8(params, has_fallback) if params.max_deployable_mb is not None else [params]
     for step in steps:
         quantize_int8(folder / source, folder / target, step, tables)
         size = deployable_bytes(folder, target)
