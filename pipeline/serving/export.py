@@ -389,17 +389,23 @@ def standalone_tokenizer(encoder: StudentEncoder) -> tuple[Tokenizer, dict[str, 
     # the teacher's tokenizer (with its [CLS]/[SEP] template)
     if isinstance(encoder, WordPieceEncoder | TransformerEncoder):
         tokenizer = Tokenizer.from_str(encoder.tokenizer.backend_tokenizer.to_str())
-        replace = {MASK_TOKEN: encoder.tokenizer.unk_token}
     elif isinstance(encoder, WordEncoder):  # pipeline.students.encoding.tokenize_words, then the word vocabulary
         tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(encoder.words)}, unk_token=encoder.words[1]))
         tokenizer.normalizer = normalizers.Lowercase()
         tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PATTERN.pattern), behavior="removed", invert=True)
-        replace = {}
     else:
         raise ExportError(f"no standalone tokenizer for student encoders of kind {encoder.kind!r}")
     tokenizer.no_truncation()
     tokenizer.no_padding()
-    return tokenizer, replace
+    return tokenizer, text_replacements(encoder)
+
+
+def text_replacements(encoder: StudentEncoder) -> dict[str, str]:
+    """The text replacements before ``standalone_tokenizer``: the transfer set's mask token reads as the unknown one
+    for WordPiece students (word-vocabulary students have none)."""
+    if isinstance(encoder, WordPieceEncoder | TransformerEncoder):
+        return {MASK_TOKEN: encoder.tokenizer.unk_token}
+    return {}
 
 
 def encoded_pad_ids(encoder: StudentEncoder) -> dict[str, int]:
@@ -574,8 +580,7 @@ def write_export(
     with ``kept`` (sorted token ids, ``vocabulary_ids``), only those rows of the embedding tables (the others as
     ``params.unseen_tokens`` says). Return the ids kept (``write_variants``)."""
     inputs, files, kept, new_ids, vocabulary = write_variants(model, encoder, task, folder, params, kept)
-    _, replace = standalone_tokenizer(encoder)
-    config = export_config(task, encoder, inputs, replace, files, source, new_ids, vocabulary)
+    config = export_config(task, encoder, inputs, text_replacements(encoder), files, source, new_ids, vocabulary)
     write_json(config, folder / deploy.CONFIG_FILE)
     return kept
 
