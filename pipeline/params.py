@@ -377,7 +377,7 @@ class ExportParams(_Section):
     fallback_block_size: int = Field(default=128, ge=16)  # 2, 4 bits: columns per scale (a power of 2; smaller if it
     # does not divide the width, 8 bits a row if no power of 2 from 16 does)
     max_deployable_mb: float | None = Field(default=10.0, gt=0)  # int8 file + tokenizer: coarser tables until it
-    # fits (4-bit kept tables, then a 2-bit fallback); None: table_bits and fallback_bits as set
+    # fits (4-bit kept tables, then a 2-bit fallback; if none fits, as set); None: table_bits and fallback_bits as set
     parity_tolerance: float = Field(default=1e-4, gt=0)
     max_int8_drop: float = Field(default=0.5, ge=0)
     check_batch_size: int = Field(default=64, gt=0)

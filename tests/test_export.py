@@ -503,11 +503,11 @@ def test_int8_deployable_takes_coarser_tables_until_it_fits_max_deployable_mb(tm
             for i, (key, export) in enumerate(settings.items())}  # fmt: skip
     sizes = {key: deployable(folder) for key, folder in free.items()}
     assert sizes[(8, 4)] > sizes[(4, 4)] > sizes[(4, 2)] and all(bits(free[key]) == key for key in free)
-    budgets = {  # MB -> the setting that must be chosen: the finest that fits, else the coarsest
+    budgets = {  # MB -> the setting that must be chosen: the finest that fits, else the configured one
         (sizes[(8, 4)] + 1) / 1e6: (8, 4),
         (sizes[(8, 4)] + sizes[(4, 4)]) / 2e6: (4, 4),
         (sizes[(4, 4)] + sizes[(4, 2)]) / 2e6: (4, 2),
-        sizes[(4, 2)] / 2e6: (4, 2),
+        sizes[(4, 2)] / 2e6: (8, 4),
     }
     for i, (budget, expected) in enumerate(budgets.items()):
         caplog.clear()

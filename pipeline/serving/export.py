@@ -528,8 +528,8 @@ def quantize_int8_within(
     folder: Path, source: str, target: str, params: ExportParams, tables: Sequence[str], has_fallback: bool
 ) -> ExportParams:
     """Write the int8 variant (``quantize_int8``) at the finest setting of ``coarser_int8`` whose deployable
-    (``target`` and ``tokenizer.json``) fits ``params.max_deployable_mb`` (the coarsest, with a warning, if none
-    does; ``params`` as set without a budget); return the setting used."""
+    (``target`` and ``tokenizer.json``) fits ``params.max_deployable_mb``; if none does, at ``params`` as set, with a
+    warning (coarser tables that miss the budget anyway would only cost accuracy); return the setting used."""
     steps = coarser_int8(params, has_fallback) if params.max_deployable_mb is not None else [params]
     for step in steps:
         quantize_int8(folder / source, folder / target, step, tables)
@@ -540,10 +540,13 @@ def quantize_int8_within(
                          folder / target, step.table_bits, step.fallback_bits, params.max_deployable_mb,
                          size / MEGABYTE)  # fmt: skip
             return step
-    log.warning("%s: %.1f MB with its tokenizer even with %d-bit tables and a %d-bit fallback, over "
-                "export.max_deployable_mb: %s", folder / target, size / MEGABYTE, step.table_bits, step.fallback_bits,
-                params.max_deployable_mb)  # fmt: skip
-    return step
+    if step is not params:
+        quantize_int8(folder / source, folder / target, params, tables)
+    log.warning("%s: over export.max_deployable_mb: %s even with %d-bit tables and a %d-bit fallback (%.1f MB): "
+                "kept at %d-bit tables and a %d-bit fallback (%.1f MB)", folder / target, params.max_deployable_mb,
+                step.table_bits, step.fallback_bits, size / MEGABYTE, params.table_bits, params.fallback_bits,
+                deployable_bytes(folder, target) / MEGABYTE)  # fmt: skip
+    return params
 
 
 def deployable_bytes(folder: Path, model_file: str) -> int:
